@@ -1,0 +1,160 @@
+"""ADDTurboScheduler, ADDTurboSampler and the one-node ADDTurboSample."""
+
+import comfy.sample
+import comfy.samplers
+import comfy.model_management
+import comfy.utils
+import latent_preview
+import torch
+from comfy_api.latest import io
+
+from ..add_turbo import noise, samplers, schedules
+
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+STEPS_TOOLTIP = "Number of steps actually run (1-4 is what ADD models are made for). Never rounded to zero."
+STRENGTH_TOOLTIP = ("How much of the image is re-generated, continuous in (0, 1]: 1.0 starts from pure noise "
+                    "(text to image); 0.5 runs the steps over the lower half of the noise schedule.")
+SPACING_TOOLTIP = ("'trailing': the ADD paper / diffusers spacing (4 steps: 999, 749, 499, 249). "
+                   "'sai': Stability's 100-step grid, as the built-in SDTurboScheduler (999, 899, 799, 699).")
+SAMPLER_TOOLTIP = ("euler_ancestral: the reference sampler (eta 1 = Stability / SDXL-Turbo card); "
+                   "euler: deterministic (SD-Turbo card); consistency: full re-noise each step.")
+ETA_TOOLTIP = "Ancestral noise for euler_ancestral: 1.0 is the reference, 0 equals euler. Unused by other samplers."
+
+
+def _steps_input(default=1):
+    return io.Int.Input("steps", default=default, min=1, max=schedules.MAX_STEPS, tooltip=STEPS_TOOLTIP)
+
+
+def _schedule_inputs():
+    return [
+        _steps_input(),
+        io.Float.Input("strength", default=1.0, min=0.001, max=1.0, step=0.01, round=False, tooltip=STRENGTH_TOOLTIP),
+        io.Combo.Input("spacing", options=list(schedules.SPACINGS), default="trailing", tooltip=SPACING_TOOLTIP),
+    ]
+
+
+def _sampler_inputs():
+    return [
+        io.Combo.Input("sampler", options=list(samplers.SAMPLERS), default="euler_ancestral", tooltip=SAMPLER_TOOLTIP),
+        io.Float.Input("eta", default=1.0, min=0.0, max=1.0, step=0.01, round=False, tooltip=ETA_TOOLTIP),
+    ]
+
+
+def model_sigmas(model, steps: int, strength: float, spacing: str) -> torch.Tensor:
+    """[steps + 1] sigmas from the model's own noise schedule (exactly what the host's schedulers use)."""
+    timesteps = torch.tensor(schedules.turbo_timesteps(steps, strength, spacing), dtype=torch.float32)
+    sigmas = model.get_model_object("model_sampling").sigma(timesteps).float().cpu()
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+def _turbo_sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None,
+                            sampler="euler_ancestral", eta=1.0):
+    """k-diffusion style sampler for the host's KSAMPLER: one model call per step, CPU-keyed noise."""
+    extra_args = extra_args or {}
+    seed = extra_args.get("seed", 0)
+    s_in = x.new_ones([x.shape[0]])
+
+    def denoiser(latent, sigma):
+        return model(latent, sigma * s_in, **extra_args)
+
+    def noise_for_step(step):
+        return noise.seeded_noise(seed, x.shape, step=step, device=x.device, dtype=x.dtype)
+
+    def report(i, latent, denoised):
+        if callback is not None:
+            callback({"x": latent, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+
+    return samplers.sample(denoiser, x, sigmas, sampler, eta, noise_for_step, report)
+
+
+def turbo_sampler(sampler: str, eta: float) -> comfy.samplers.KSAMPLER:
+    """A SAMPLER usable in the built-in SamplerCustom / SamplerCustomAdvanced."""
+    if sampler not in samplers.SAMPLERS:
+        raise ValueError(f"sampler must be one of {samplers.SAMPLERS}, got {sampler!r}")
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be in [0, 1], got {eta}")
+    return comfy.samplers.KSAMPLER(_turbo_sampler_function, extra_options={"sampler": sampler, "eta": eta})
+
+
+class PositiveOnlyGuider(comfy.samplers.CFGGuider):
+    """Guidance-free: only the positive conditioning, cfg 1, so the host never runs an unconditional pass."""
+
+    def set_conds(self, positive):
+        self.inner_set_conds({"positive": positive})
+
+
+class ADDTurboScheduler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ADDTurboScheduler",
+            display_name="ADD Turbo Scheduler",
+            category="ADD Turbo",
+            description="Guidance-free turbo timesteps -> SIGMAS for SamplerCustom. Steps are the steps run; "
+                        "strength is continuous and never rounds to zero steps.",
+            inputs=[io.Model.Input("model", tooltip="The turbo model whose noise schedule gives the sigmas."),
+                    *_schedule_inputs()],
+            outputs=[io.Sigmas.Output(tooltip="steps + 1 sigmas, highest first, ending in 0.")],
+        )
+
+    @classmethod
+    def execute(cls, model, steps, strength, spacing) -> io.NodeOutput:
+        return io.NodeOutput(model_sigmas(model, steps, strength, spacing))
+
+
+class ADDTurboSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ADDTurboSampler",
+            display_name="ADD Turbo Sampler",
+            category="ADD Turbo",
+            description="A few-step turbo sampler for SamplerCustom / SamplerCustomAdvanced. Its per-step noise "
+                        "comes from a CPU generator keyed by the seed: the same image on CPU and GPU.",
+            inputs=_sampler_inputs(),
+            outputs=[io.Sampler.Output(tooltip="Connect to SamplerCustom's sampler input (use cfg 1.0).")],
+        )
+
+    @classmethod
+    def execute(cls, sampler, eta) -> io.NodeOutput:
+        return io.NodeOutput(turbo_sampler(sampler, eta))
+
+
+class ADDTurboSample(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ADDTurboSample",
+            display_name="ADD Turbo Sample",
+            category="ADD Turbo",
+            description="One-node turbo sampling: exactly one model evaluation per step, no negative prompt and "
+                        "no unconditional pass. Image k of a batch equals a single run with seed + k.",
+            inputs=[
+                io.Model.Input("model", tooltip="A turbo model from ADD Turbo Loader."),
+                io.Conditioning.Input("positive", tooltip="The prompt. There is no negative: turbo models run "
+                                                          "without classifier-free guidance."),
+                io.Latent.Input("latent_image", tooltip="Empty latent for text to image (512x512 is what the "
+                                                        "models were trained at), or an encoded image with strength < 1."),
+                io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
+                             tooltip="Noise seed; image k of a batch uses seed + k."),
+                *_schedule_inputs(),
+                *_sampler_inputs(),
+            ],
+            outputs=[io.Latent.Output(tooltip="The sampled latent; decode with VAE Decode.")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, latent_image, seed, steps, strength, spacing, sampler, eta) -> io.NodeOutput:
+        sigmas = model_sigmas(model, steps, strength, spacing)
+        latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
+        start_noise = noise.seeded_noise(seed, latent.shape)
+        guider = PositiveOnlyGuider(model)
+        guider.set_conds(positive)
+        guider.set_cfg(1.0)
+        callback = latent_preview.prepare_callback(model, steps)
+        samples = guider.sample(start_noise, latent, turbo_sampler(sampler, eta), sigmas,
+                                denoise_mask=latent_image.get("noise_mask"), callback=callback,
+                                disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+        out = {**latent_image, "samples": samples.to(comfy.model_management.intermediate_device())}
+        out.pop("noise_mask", None)
+        return io.NodeOutput(out)

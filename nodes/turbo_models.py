@@ -1,0 +1,44 @@
+"""The host's model classes, configured for ADD-distilled models (epsilon, 512 px)."""
+
+import torch
+
+from comfy import model_base, supported_models
+from comfy.ldm.modules.diffusionmodules.openaimodel import Timestep
+from comfy.model_base import ModelType
+
+TRAINING_SIZE = 512  # ADD trained both models at 512x512 (arXiv 2311.17042, Sec. 5)
+
+
+class TurboSD2(supported_models.SD20):
+    """SD 2.x layout, always epsilon: the host's v-prediction weight heuristic must not decide."""
+
+    def model_type(self, state_dict, prefix=""):
+        return ModelType.EPS
+
+
+class TurboSDXLModel(model_base.SDXL):
+    """SDXL with the size embedding width read from the checkpoint and 512 px size conditioning."""
+
+    def __init__(self, model_config, size_embed_dim: int, device=None):
+        super().__init__(model_config, model_type=ModelType.EPS, device=device)
+        self.embedder = Timestep(size_embed_dim)
+
+    def encode_adm(self, **kwargs):
+        # Reference (Stability turbo demo, diffusers at 512): original = target = 512, crop (0, 0).
+        sizes = {key: TRAINING_SIZE for key in ("width", "height", "target_width", "target_height")}
+        return super().encode_adm(**{**kwargs, **sizes})
+
+
+class TurboSDXL(supported_models.SDXL):
+    size_embed_dim = 256
+
+    def model_type(self, state_dict, prefix=""):
+        return ModelType.EPS
+
+    def get_model(self, state_dict, prefix="", device=None):
+        return TurboSDXLModel(self, self.size_embed_dim, device=device)
+
+
+def text_encoder_dtype(load_device: torch.device):
+    """fp32 text encoders on CPU (fp16 there is slower and moves the image); host default elsewhere."""
+    return torch.float32 if load_device.type == "cpu" else None

@@ -1,0 +1,71 @@
+"""Run the example txt2img workflow on a headless ComfyUI with this pack; print where the PNG is."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.support import host  # noqa: E402
+from tests.support.client import ComfyClient, txt2img_prompt  # noqa: E402
+
+
+def _checkpoint(args) -> tuple[str, int]:
+    """(ckpt_name in the checkpoints folder, image size): a real sd_turbo, or the embedded default."""
+    folder = host.BASE_DIR / "models" / "checkpoints"
+    real = Path(args.ckpt or os.environ.get("ADD_TURBO_CKPT", folder / "sd_turbo.safetensors"))
+    if real.exists():
+        if real.parent.resolve() != folder.resolve():
+            shutil.copy(real, folder / real.name)
+        return real.name, 512
+    print(f"no real checkpoint at {real}: building the embedded tiny random-weight SD-Turbo model "
+          "(the image will be noise-like; put sd_turbo.safetensors there for a real one)")
+    sys.path[:0] = [str(host.COMFY_DIR)]
+    from tests.support import turbo_models
+
+    model = turbo_models.build("sd_turbo")
+    target = folder / model.single_file.name
+    if not target.exists():
+        shutil.copy(model.single_file, target)
+    return target.name, 256
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--ckpt", help="path of an SD-Turbo single-file checkpoint")
+    parser.add_argument("--prompt", default="a cinematic photo of a red fox in the snow, golden hour")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--out", default=str(Path.cwd() / "output"), help="folder for the PNG")
+    args = parser.parse_args()
+
+    ckpt_name, size = _checkpoint(args)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = host.Server(port)
+    try:
+        server.wait_ready()
+        client = ComfyClient(server.url)
+        run = client.run(txt2img_prompt(ckpt_name, args.prompt, args.seed, args.steps, size, prefix="add_turbo_example"))
+        if run.error:
+            print(f"error: {run.error['exception_message']}", file=sys.stderr)
+            return 1
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"add_turbo_example_seed{args.seed}.png"
+        path.write_bytes(client.images(run.prompt_id)[0])
+        client.close()
+        print(f"wrote {path} ({size}x{size}, {args.steps} step(s), checkpoint {ckpt_name})")
+        return 0
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The main job: build (or reuse) the host with this pack installed, start ComfyUI headless, run the
+# example txt2img workflow and write a PNG. Uses models/checkpoints/sd_turbo.safetensors when present
+# (or $ADD_TURBO_CKPT), else builds a small embedded random-weight SD-Turbo model.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+home="${ADD_TURBO_HOME:-$HOME/.cache/add-turbo}"
+"$repo/scripts/build_host.sh"
+cd "$repo"
+exec "$home/venv/bin/python" scripts/run_example.py "$@"

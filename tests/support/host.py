@@ -1,0 +1,97 @@
+"""Locate and start the development ComfyUI host built by scripts/build_host.sh."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+HOME = Path(os.environ.get("ADD_TURBO_HOME", Path.home() / ".cache" / "add-turbo"))
+COMFY_DIR = HOME / "ComfyUI"
+BASE_DIR = HOME / "base"
+STUBS_DIR = HOME / "stubs"
+# Parity needs fp32 text encoders: ComfyUI keeps them in fp16 on CPU by default.
+HOST_FLAGS = ["--cpu", "--fp32-text-enc", "--disable-api-nodes"]
+
+
+def require_host() -> None:
+    """Fail with the set-up command when the host has not been built."""
+    if not (COMFY_DIR / "main.py").exists():
+        raise RuntimeError(f"no ComfyUI host at {COMFY_DIR}: run scripts/build_host.sh first")
+
+
+def base_args(base: Path = BASE_DIR) -> list[str]:
+    return [*HOST_FLAGS, "--base-directory", str(base), "--database-url", f"sqlite:///{base}/user/comfyui.db"]
+
+
+def init_in_process(base: Path = BASE_DIR) -> None:
+    """Import ComfyUI into this process (CPU, given base directory) and load every node incl. this pack."""
+    require_host()
+    if "nodes" in sys.modules and hasattr(sys.modules["nodes"], "NODE_CLASS_MAPPINGS"):
+        return
+    # transformers caches its "is torchvision installed" probe: take it before the import-only
+    # stand-in goes on sys.path, or diffusers would try to use the stand-in.
+    from transformers.utils import import_utils
+
+    import_utils.is_torchvision_available()
+    sys.path[:0] = [str(COMFY_DIR), str(STUBS_DIR)]
+    argv = sys.argv
+    sys.argv = [str(COMFY_DIR / "main.py"), *base_args(base)]
+    try:
+        import comfy.options
+
+        comfy.options.enable_args_parsing()
+        import comfy.cli_args  # noqa: F401  (parses sys.argv now)
+    finally:
+        sys.argv = argv
+    import asyncio
+
+    import folder_paths
+
+    folder_paths.set_output_directory(str(base / "output"))
+    import nodes
+
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+
+
+class Server:
+    """A real ComfyUI server process on loopback, stopped with `stop()`."""
+
+    def __init__(self, port: int, base: Path = BASE_DIR, extra_args: tuple[str, ...] = ()):
+        require_host()
+        self.port, self.base = port, base
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = base / f"server-{port}.log"
+        env = {**os.environ, "PYTHONPATH": str(STUBS_DIR), "PYTHONUNBUFFERED": "1"}
+        cmd = [str(HOME / "venv" / "bin" / "python"), "main.py", "--listen", "127.0.0.1", "--port", str(port),
+               "--disable-auto-launch", *base_args(base), *extra_args]
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(cmd, cwd=COMFY_DIR, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    def wait_ready(self, timeout: float = 120) -> "Server":
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log()}")
+            try:
+                if requests.get(self.url + "/system_stats", timeout=2).ok:
+                    return self
+            except requests.ConnectionError:
+                time.sleep(0.3)
+        raise TimeoutError(f"server not ready in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self._log.close()
