@@ -1,8 +1,8 @@
 """ADDTurboScheduler, ADDTurboSampler and the one-node ADDTurboSample."""
 
+import comfy.model_management
 import comfy.sample
 import comfy.samplers
-import comfy.model_management
 import comfy.utils
 import latent_preview
 import torch

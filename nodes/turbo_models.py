@@ -1,7 +1,6 @@
 """The host's model classes, configured for ADD-distilled models (epsilon, 512 px)."""
 
 import torch
-
 from comfy import model_base, supported_models
 from comfy.ldm.modules.diffusionmodules.openaimodel import Timestep
 from comfy.model_base import ModelType

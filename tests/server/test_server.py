@@ -98,3 +98,16 @@ def test_wrong_family_checkpoint_is_refused_with_fix(client, tmp_checkpoint, tin
     assert "SD 1.x" in message and "Load Checkpoint" in message and name in message
     good = client.run(txt2img_prompt(tiny_models["sdxl_turbo"].single_file.name, size=64))
     assert good.error is None
+
+
+def test_quick_test_for_ci_start_has_no_import_failure_for_the_pack(tiny_models):
+    import subprocess
+
+    result = subprocess.run(
+        [str(host.HOME / "venv" / "bin" / "python"), "main.py", "--quick-test-for-ci", *host.base_args()],
+        cwd=host.COMFY_DIR, capture_output=True, text=True, timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(host.STUBS_DIR)})
+    log = result.stdout + result.stderr
+    pack_lines = [line for line in log.splitlines() if "custom_nodes/add-turbo" in line]
+    assert pack_lines, log[-2000:]
+    assert not any("IMPORT FAILED" in line for line in pack_lines), pack_lines

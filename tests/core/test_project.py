@@ -1,0 +1,66 @@
+"""Project rules that can break silently: layering, import side effects, registry metadata, lint."""
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import tomllib
+
+REPO = Path(__file__).resolve().parents[2]
+FORBIDDEN_IN_CORE = {"comfy", "comfy_api", "comfy_extras", "folder_paths", "server", "nodes", "execution",
+                     "latent_preview", "node_helpers"}
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_core_never_imports_the_host():
+    for path in (REPO / "add_turbo").rglob("*.py"):
+        assert not _imports(path) & FORBIDDEN_IN_CORE, path
+
+
+def test_core_imports_alone_in_a_clean_interpreter():
+    code = ("import sys, add_turbo.schedules, add_turbo.samplers, add_turbo.noise, add_turbo.checkpoints;"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'folder_paths', 'nodes')];"
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_pack_init_has_no_import_side_effects():
+    tree = ast.parse((REPO / "__init__.py").read_text())
+    top_imports = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert not top_imports, "the pack's __init__ must import nothing at module level"
+
+
+def test_registry_metadata():
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())
+    project, comfy = meta["project"], meta["tool"]["comfy"]
+    assert re.fullmatch(r"[A-Za-z0-9_.-]{1,99}", project["name"]) and "comfyui" not in project["name"].lower()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", project["version"])
+    assert project["description"] and project["license"]
+    assert not any(dep.split("=")[0].split(">")[0].strip() in ("torch", "torchvision") for dep in project["dependencies"])
+    assert comfy["PublisherId"] and comfy["DisplayName"]
+    requirements = (REPO / "requirements.txt").read_text().splitlines()
+    assert not any(line.strip().startswith("torch") for line in requirements), "never install torch over the user's"
+
+
+def test_no_eval_exec_or_print_in_shipped_code():
+    for folder in ("add_turbo", "nodes"):
+        for path in (REPO / folder).rglob("*.py"):
+            calls = {n.func.id for n in ast.walk(ast.parse(path.read_text()))
+                     if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+            assert not calls & {"eval", "exec", "print"}, path
+
+
+def test_ruff_clean():
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "."], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
