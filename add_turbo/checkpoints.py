@@ -148,14 +148,14 @@ def _has_prefix(keys, prefix: str) -> bool:
 
 def _refuse_other_kinds(path: str, keys: set[str]) -> None:
     """Raise a CheckpointError naming what the file is when it is no SD2/SDXL full checkpoint."""
-    builtin = "use the built-in Load Checkpoint node (or the matching loader) for it"
+    builtin = "Use the built-in Load Checkpoint node (or the matching loader) for it"
     if any("lora_" in k or ".lora_down." in k or ".lora_A." in k for k in keys):
         raise CheckpointError(path, "this is a LoRA file, not a checkpoint",
                               "Load a full SD-Turbo / SDXL-Turbo checkpoint here and apply the LoRA with Load LoRA")
     if _has_prefix(keys, UNET_PREFIX + "joint_blocks.") or _has_prefix(keys, "joint_blocks."):
-        raise CheckpointError(path, "this is a Stable Diffusion 3 checkpoint", builtin.capitalize())
+        raise CheckpointError(path, "this is a Stable Diffusion 3 checkpoint", builtin)
     if _has_prefix(keys, UNET_PREFIX + "double_blocks.") or _has_prefix(keys, "double_blocks."):
-        raise CheckpointError(path, "this is a Flux checkpoint", builtin.capitalize())
+        raise CheckpointError(path, "this is a Flux checkpoint", builtin)
     if {"encoder.conv_in.weight", "decoder.conv_in.weight"} <= keys or (
         keys and all(k.startswith(VAE_PREFIX) for k in keys)
     ):
@@ -178,7 +178,11 @@ def inspect_checkpoint(path: str) -> CheckpointInfo:
         CheckpointError: the file is unreadable, corrupt, or another kind of model; the message
         says what was found and what to do.
     """
-    header = read_header(path)
+    return identify(path, read_header(path))
+
+
+def identify(path: str, header: dict[str, tuple[tuple[int, ...], str]]) -> CheckpointInfo:
+    """`inspect_checkpoint` on an already read header ({name: (shape, dtype)}, original key layout)."""
     keys = set(header)
     if f"{UNET_PREFIX}input_blocks.0.0.weight" not in keys:
         _refuse_other_kinds(path, keys)

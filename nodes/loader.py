@@ -1,6 +1,10 @@
-"""ADDTurboLoader: a turbo checkpoint -> MODEL, CLIP, VAE built with the host's own classes."""
+"""ADDTurboLoader: a turbo checkpoint (single file or diffusers folder) -> MODEL, CLIP, VAE.
+
+Everything is built with the host's own classes; the core package decides the family and the sizes.
+"""
 
 import logging
+import os
 
 import comfy.model_detection
 import comfy.model_management as mm
@@ -8,22 +12,100 @@ import comfy.model_patcher
 import comfy.sd
 import comfy.utils
 import folder_paths
+import torch
 from comfy_api.latest import io
 
-from ..add_turbo import checkpoints
+from ..add_turbo import checkpoints, diffusers_folders
+from ..add_turbo.checkpoints import CheckpointError
+from .convert import folder_state_dict
 from .turbo_models import TurboSD2, TurboSDXL, text_encoder_dtype
 
 log = logging.getLogger(__name__)
 
+DIFFUSERS_TAG = "[diffusers] "
+WEIGHT_DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DECODERS = ("full", "taesd")
+TAESD_NAMES = {checkpoints.SD_TURBO: "taesd", checkpoints.SDXL_TURBO: "taesdxl"}
 
-def load_turbo_checkpoint(path: str):
-    """Load an SD-Turbo / SDXL-Turbo single file. Returns (ModelPatcher, CLIP, VAE, CheckpointInfo).
 
-    The family and every size come from the header (core.checkpoints), so smaller distilled
-    variants load too; the host's detection of fixed configs is not consulted.
+def checkpoint_choices() -> list[str]:
+    """Single files from models/checkpoints, then diffusers folders from models/diffusers."""
+    names = [n for n in folder_paths.get_filename_list("checkpoints")]
+    folders = []
+    for root in folder_paths.get_folder_paths("diffusers"):
+        if os.path.isdir(root):
+            folders += [d for d in sorted(os.listdir(root)) if os.path.isfile(os.path.join(root, d, "model_index.json"))]
+    return names + [DIFFUSERS_TAG + d for d in folders]
+
+
+def _resolve(ckpt_name: str) -> str:
+    if ckpt_name.startswith(DIFFUSERS_TAG):
+        name = ckpt_name[len(DIFFUSERS_TAG):]
+        for root in folder_paths.get_folder_paths("diffusers"):
+            if os.path.isdir(os.path.join(root, name)):
+                return os.path.join(root, name)
+        folders = ", ".join(folder_paths.get_folder_paths("diffusers"))
+    else:
+        path = folder_paths.get_full_path("checkpoints", ckpt_name)
+        if path is not None:
+            return path
+        folders = ", ".join(folder_paths.get_folder_paths("checkpoints"))
+    raise ValueError(f"checkpoint {ckpt_name!r} was not found in {folders}: put it there and refresh the node list (R)")
+
+
+def _unet_dtypes(weight_dtype: str, load_device, sd, prefix, model_config):
+    """(storage dtype, manual-cast dtype or None). On CPU a chosen dtype is also the compute dtype."""
+    supported = model_config.supported_inference_dtypes
+    if weight_dtype == "auto":
+        if load_device.type == "cpu":
+            return torch.float32, None  # exact and, without native bf16 units, not slower
+        dtype = mm.unet_dtype(model_params=comfy.utils.calculate_parameters(sd, prefix), supported_dtypes=supported,
+                              weight_dtype=comfy.utils.weight_dtype(sd, prefix))
+        return dtype, mm.unet_manual_cast(dtype, load_device, supported)
+    dtype = WEIGHT_DTYPES[weight_dtype]
+    if load_device.type == "cpu":
+        # The host would store bf16 and compute fp32 by casting; compute in bf16 for real. fp16 has
+        # no fast CPU kernels, so it stays a storage format there.
+        return dtype, (torch.float32 if dtype == torch.float16 else None)
+    return dtype, mm.unet_manual_cast(dtype, load_device, supported)
+
+
+def _taesd(family: str, path: str, dtype):
+    """TAESD / TAESDXL from models/vae_approx (safetensors only: never unpickle)."""
+    name = TAESD_NAMES[family]
+    sd = {}
+    for part in ("encoder", "decoder"):
+        file = folder_paths.get_full_path("vae_approx", f"{name}_{part}.safetensors")
+        if file is None:
+            raise ValueError(f"decoder 'taesd' needs {name}_encoder.safetensors and {name}_decoder.safetensors in "
+                             f"{', '.join(folder_paths.get_folder_paths('vae_approx'))}: download them from the TAESD "
+                             "release, or choose decoder 'full'")
+        checkpoints.read_header(file)  # refuse broken files with a clear message
+        sd.update({f"taesd_{part}.{k}": v for k, v in comfy.utils.load_torch_file(file, safe_load=True).items()})
+    sd["vae_scale"] = torch.tensor(0.18215 if family == checkpoints.SD_TURBO else 0.13025)
+    sd["vae_shift"] = torch.tensor(0.0)
+    return comfy.sd.VAE(sd=sd, dtype=dtype)
+
+
+def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full"):
+    """Load an SD-Turbo / SDXL-Turbo single file or diffusers folder.
+
+    Returns:
+        (ModelPatcher, CLIP, VAE, CheckpointInfo).
+    Raises:
+        CheckpointError: the file or folder is broken or not a turbo model (message names the fix).
     """
-    info = checkpoints.inspect_checkpoint(path)
-    sd = comfy.utils.load_torch_file(path, safe_load=True)
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"weight_dtype must be one of {list(WEIGHT_DTYPES)}, got {weight_dtype!r}")
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    if os.path.isdir(path):
+        folder = diffusers_folders.inspect_folder(path, prefer_fp16=weight_dtype == "fp16")
+        sd = folder_state_dict(folder)
+        info = checkpoints.identify(path, {k: (tuple(v.shape), str(v.dtype)) for k, v in sd.items()})
+    else:
+        info = checkpoints.inspect_checkpoint(path)
+        sd = comfy.utils.load_torch_file(path, safe_load=True)
     prefix = checkpoints.UNET_PREFIX
     unet_config = comfy.model_detection.detect_unet_config(sd, prefix)
     if info.family == checkpoints.SDXL_TURBO:
@@ -33,17 +115,19 @@ def load_turbo_checkpoint(path: str):
         model_config = TurboSD2(unet_config)
 
     load_device = mm.get_torch_device()
+    unet_dtype, manual_cast = _unet_dtypes(weight_dtype, load_device, sd, prefix, model_config)
+    model_config.set_inference_dtype(unet_dtype, manual_cast)
     parameters = comfy.utils.calculate_parameters(sd, prefix)
-    unet_dtype = mm.unet_dtype(model_params=parameters, supported_dtypes=model_config.supported_inference_dtypes,
-                               weight_dtype=comfy.utils.weight_dtype(sd, prefix))
-    model_config.set_inference_dtype(unet_dtype, mm.unet_manual_cast(unet_dtype, load_device,
-                                                                     model_config.supported_inference_dtypes))
     model = model_config.get_model(sd, prefix, device=mm.unet_inital_load_device(parameters, unet_dtype))
     model.load_model_weights(sd, prefix)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
 
-    vae_sd = comfy.utils.state_dict_prefix_replace(sd, {checkpoints.VAE_PREFIX: ""}, filter_keys=True)
-    vae = comfy.sd.VAE(sd=vae_sd, config={"params": info.vae})
+    vae_dtype = torch.bfloat16 if (weight_dtype == "bf16" and load_device.type == "cpu") else None
+    if decoder == "taesd":
+        vae = _taesd(info.family, path, vae_dtype)
+    else:
+        vae_sd = comfy.utils.state_dict_prefix_replace(sd, {checkpoints.VAE_PREFIX: ""}, filter_keys=True)
+        vae = comfy.sd.VAE(sd=vae_sd, config={"params": info.vae}, dtype=vae_dtype)
 
     clip_sd = model_config.process_clip_state_dict(sd)
     te_options = {f"{spec.name}_model_config": spec.config_overrides() for spec in info.text_encoders}
@@ -55,9 +139,9 @@ def load_turbo_checkpoint(path: str):
     missing, _ = clip.load_sd(clip_sd, full_model=True)
     missing = [k for k in missing if ".logit_scale" not in k and "text_projection" not in k]
     if missing:
-        raise checkpoints.CheckpointError(path, f"the text encoder is incomplete ({len(missing)} tensors missing, "
-                                          f"e.g. {missing[0]})", "The file is damaged: download it again")
-    log.info("ADD Turbo: loaded %s as %s", path, info.family_name)
+        raise CheckpointError(path, f"the text encoder is incomplete ({len(missing)} tensors missing, e.g. {missing[0]})",
+                              "The file is damaged: download it again")
+    log.info("ADD Turbo: loaded %s as %s (UNet %s, decoder %s)", path, info.family_name, unet_dtype, decoder)
     return patcher, clip, vae, info
 
 
@@ -68,26 +152,29 @@ class ADDTurboLoader(io.ComfyNode):
             node_id="ADDTurboLoader",
             display_name="ADD Turbo Loader",
             category="ADD Turbo",
-            description="Loads an SD-Turbo or SDXL-Turbo checkpoint configured for turbo sampling: epsilon "
-                        "prediction, 512 px size conditioning, sizes read from the file.",
+            description="Loads an SD-Turbo or SDXL-Turbo checkpoint (single file or diffusers folder) configured "
+                        "for turbo sampling: epsilon prediction, 512 px size conditioning, sizes read from the file.",
             inputs=[
-                io.Combo.Input("ckpt_name", options=folder_paths.get_filename_list("checkpoints"),
+                io.Combo.Input("ckpt_name", options=checkpoint_choices(),
                                tooltip="A single-file SD-Turbo (sd_turbo.safetensors) or SDXL-Turbo "
-                                       "(sd_xl_turbo_1.0[_fp16].safetensors) checkpoint from models/checkpoints."),
+                                       "(sd_xl_turbo_1.0[_fp16].safetensors) from models/checkpoints, or a "
+                                       "'[diffusers] ' snapshot folder from models/diffusers."),
+                io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="auto", optional=True,
+                               tooltip="UNet/VAE precision. auto: fp32 on CPU (exact), the host's choice on GPU. "
+                                       "bf16 on CPU computes in bf16 (faster, slightly different). fp16 picks the "
+                                       "snapshot's fp16 variant where there is one."),
+                io.Combo.Input("decoder", options=list(DECODERS), default="full", optional=True,
+                               tooltip="full: the checkpoint's VAE. taesd: the tiny TAESD/TAESDXL autoencoder from "
+                                       "models/vae_approx, much cheaper to decode with a small loss of detail."),
             ],
             outputs=[
                 io.Model.Output(tooltip="The turbo UNet, epsilon prediction."),
                 io.Clip.Output(tooltip="The text encoder(s): OpenCLIP-H, or CLIP-L + OpenCLIP-bigG."),
-                io.Vae.Output(tooltip="The checkpoint's VAE."),
+                io.Vae.Output(tooltip="The checkpoint's VAE, or TAESD with decoder 'taesd'."),
             ],
         )
 
     @classmethod
-    def execute(cls, ckpt_name) -> io.NodeOutput:
-        path = folder_paths.get_full_path("checkpoints", ckpt_name)
-        if path is None:
-            raise ValueError(f"checkpoint {ckpt_name!r} is not in the checkpoints folder "
-                             f"({', '.join(folder_paths.get_folder_paths('checkpoints'))}): put the file there "
-                             "and refresh the node list")
-        model, clip, vae, _ = load_turbo_checkpoint(path)
+    def execute(cls, ckpt_name, weight_dtype="auto", decoder="full") -> io.NodeOutput:
+        model, clip, vae, _ = load_turbo(_resolve(ckpt_name), weight_dtype, decoder)
         return io.NodeOutput(model, clip, vae)

@@ -28,6 +28,11 @@ def tiny_models(comfy_host):
             dst = host.BASE_DIR / "models" / folder / (src.name if folder == "checkpoints" else f"tiny_{model.family}")
             if not dst.exists():
                 os.symlink(src, dst)
+    taesd = turbo_models.build_taesd()
+    for src in taesd.glob("*.safetensors"):
+        dst = host.BASE_DIR / "models" / "vae_approx" / src.name
+        if not dst.exists():
+            os.symlink(src, dst)
     return models
 
 

@@ -1,7 +1,6 @@
 """Whole graphs through a real ComfyUI server started by the test (HTTP + websocket)."""
 
 import io
-import socket
 
 import pytest
 from PIL import Image
@@ -10,26 +9,6 @@ from tests.support import host
 from tests.support.client import ComfyClient, txt2img_prompt
 
 PACK_NODES = ("ADDTurboLoader", "ADDTurboScheduler", "ADDTurboSampler", "ADDTurboSample")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tiny_models):
-    srv = host.Server(_free_port()).wait_ready()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def client(server):
-    c = ComfyClient(server.url)
-    yield c
-    c.close()
 
 
 def test_pack_imports_without_failure(server):

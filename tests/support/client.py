@@ -57,8 +57,16 @@ class ComfyClient:
                 return run
         raise TimeoutError(f"prompt {run.prompt_id} did not finish in {timeout}s")
 
-    def history(self, prompt_id: str) -> dict:
-        return requests.get(f"{self.url}/history/{prompt_id}", timeout=30).json()[prompt_id]
+    def history(self, prompt_id: str, timeout: float = 30) -> dict:
+        """The prompt's /history entry; it is written just after the last websocket event, so poll."""
+        deadline = time.time() + timeout
+        while True:
+            entry = requests.get(f"{self.url}/history/{prompt_id}", timeout=30).json().get(prompt_id)
+            if entry is not None or time.time() > deadline:
+                if entry is None:
+                    raise TimeoutError(f"no history for prompt {prompt_id}")
+                return entry
+            time.sleep(0.05)
 
     def images(self, prompt_id: str) -> list[bytes]:
         """PNG bytes of every image the prompt's output nodes saved, via GET /view."""

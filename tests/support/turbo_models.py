@@ -180,3 +180,23 @@ def load_pipeline(model: TurboModel):
     from diffusers import DiffusionPipeline
 
     return DiffusionPipeline.from_pretrained(model.diffusers_dir, torch_dtype=torch.float32, local_files_only=True)
+
+
+def build_taesd(cache: Path = CACHE) -> Path:
+    """Random-weight TAESD and TAESDXL encoder/decoder files of the real architecture (the host's)."""
+    from comfy.taesd.taesd import Decoder, Encoder
+    from safetensors.torch import save_file
+
+    out = cache / "taesd"
+    if (out / "done.json").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    for seed, name in enumerate(("taesd", "taesdxl")):
+        for part, cls in (("encoder", Encoder), ("decoder", Decoder)):
+            module = cls()
+            generator = torch.Generator().manual_seed(100 + seed)
+            state = {k: torch.randn(v.shape, generator=generator) * (0.5 / max(v[0].numel(), 1) ** 0.5)
+                     for k, v in module.state_dict().items()}
+            save_file(state, str(out / f"{name}_{part}.safetensors"))
+    (out / "done.json").write_text("{}")
+    return out

@@ -1,0 +1,118 @@
+"""ADDTurboLoader: every form of the same weights gives the same outputs; precision and decoder options."""
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tests.support import graphs as g
+
+SIZE, PROMPT = 64, "an old stone bridge"
+
+
+def _image(model, clip, vae, seed=3, steps=2):
+    latent = g.turbo_sample(model, g.encode(clip, PROMPT), g.empty_latent(SIZE), seed=seed, steps=steps)
+    return g.decode(vae, latent)
+
+
+def _load(name, **options):
+    return g.run(g.builtin("ADDTurboLoader"), ckpt_name=name, **options)
+
+
+@pytest.mark.parametrize("family", ["sd_turbo", "sdxl_turbo"])
+def test_single_file_and_diffusers_folder_give_the_same_image(tiny_models, family):
+    single = _image(*_load(tiny_models[family].single_file.name))
+    folder = _image(*_load(f"[diffusers] tiny_{family}"))
+    diff = (single - folder).abs().max().item()
+    print(f"\nFORMS {family}: single file vs diffusers folder max|image diff|={diff:.2e}")
+    assert diff <= 1e-5
+
+
+def test_checkpoint_list_shows_files_and_folders(tiny_models):
+    from nodes import NODE_CLASS_MAPPINGS
+
+    choices = NODE_CLASS_MAPPINGS["ADDTurboLoader"].define_schema().inputs[0].options
+    assert "tiny_sd_turbo.safetensors" in choices and "[diffusers] tiny_sdxl_turbo" in choices
+
+
+@pytest.fixture
+def fp16_forms(tiny_models, tmp_checkpoint, tmp_path):
+    """fp16 single file and a diffusers folder with *.fp16.safetensors variants, for each family."""
+    import folder_paths
+
+    made = {}
+    diffusers_root = folder_paths.get_folder_paths("diffusers")[0]
+    for family, model in tiny_models.items():
+        half = {k: v.half() for k, v in load_file(str(model.single_file)).items()}
+        save_file(half, str(tmp_path / f"{family}_fp16.safetensors"))
+        name = tmp_checkpoint(tmp_path / f"{family}_fp16.safetensors", f"tiny_{family}_fp16.safetensors")
+        folder = f"{diffusers_root}/tiny_{family}_variants"
+        shutil.copytree(model.diffusers_dir, folder, dirs_exist_ok=True)
+        for weights in list((model.diffusers_dir).glob("*/*.safetensors")):
+            variant = weights.with_name(weights.name.replace(".safetensors", ".fp16.safetensors"))
+            target = f"{folder}/{weights.parent.name}/{variant.name}"
+            save_file({k: v.half() for k, v in load_file(str(weights)).items()}, target)
+        made[family] = (name, f"[diffusers] tiny_{family}_variants")
+    yield made
+    for family in made:
+        shutil.rmtree(f"{diffusers_root}/tiny_{family}_variants", ignore_errors=True)
+
+
+@pytest.mark.parametrize("family", ["sd_turbo", "sdxl_turbo"])
+def test_fp16_single_file_equals_fp16_variant_folder(fp16_forms, tiny_models, family):
+    single_name, folder_name = fp16_forms[family]
+    single = _image(*_load(single_name, weight_dtype="fp32"))
+    folder_fp16 = _image(*_load(folder_name, weight_dtype="fp16"))
+    folder_fp32_files = _image(*_load(folder_name, weight_dtype="fp32"))  # no variant: the fp32 files
+    full = _image(*_load(tiny_models[family].single_file.name))
+    assert (single - _image(*_load(folder_name, weight_dtype="fp32"))).abs().max() > 0  # fp16 weights differ
+    assert (folder_fp32_files - full).abs().max().item() <= 1e-5
+    model, _, _ = _load(folder_name, weight_dtype="fp16")
+    assert model.model.diffusion_model.input_blocks[0][0].weight.dtype == torch.float16
+    diff = (folder_fp16 - single).abs().max().item()
+    print(f"\nFORMS {family} fp16: single file (fp16 weights) vs fp16-variant folder max|image diff|={diff:.2e}")
+    assert diff <= 2e-3  # fp16 storage, fp32 compute on CPU in one, fp16->fp32 upcast in the other
+
+
+def test_bf16_computes_in_bf16_on_cpu(tiny_models):
+    model, clip, vae = _load(tiny_models["sd_turbo"].single_file.name, weight_dtype="bf16")
+    assert model.model.get_dtype() == torch.bfloat16 and model.model.manual_cast_dtype is None
+    assert vae.vae_dtype == torch.bfloat16
+    exact = _image(*_load(tiny_models["sd_turbo"].single_file.name))
+    fast = _image(model, clip, vae)
+    diff = (exact - fast).abs().max().item()
+    print(f"\nbf16 vs fp32 on CPU: max|image diff|={diff:.3e}")
+    assert 0 < diff < 0.25
+
+
+@pytest.mark.parametrize("family,taesd", [("sd_turbo", "taesd"), ("sdxl_turbo", "taesdxl")])
+def test_taesd_decoder_is_picked_by_family(tiny_models, family, taesd):
+    model, clip, vae = _load(tiny_models[family].single_file.name, decoder="taesd")
+    assert type(vae.first_stage_model).__name__ == "TAESD"
+    image = _image(model, clip, vae)
+    assert image.shape == (1, SIZE, SIZE, 3) and image.std() > 0
+
+
+
+@pytest.fixture(name="load_turbo")
+def _load_turbo():
+    import sys
+
+    module = next(m for name, m in sys.modules.items() if name.endswith("nodes.loader") and hasattr(m, "load_turbo"))
+    return module.load_turbo
+
+
+@pytest.mark.parametrize("damage,expect", [
+    (lambda d: shutil.rmtree(d / "unet"), "has no unet/.*complete snapshot"),
+    (lambda d: (d / "model_index.json").unlink(), "has no model_index.json"),
+    (lambda d: (d / "text_encoder" / "model.safetensors").rename(d / "text_encoder" / "pytorch_model.bin"),
+     "pickle-based weights"),
+    (lambda d: (d / "vae" / "diffusion_pytorch_model.safetensors").unlink(), "vae/ has no"),
+])
+def test_broken_diffusers_folders_are_refused(load_turbo, tiny_models, tmp_path, damage, expect):
+    folder = tmp_path / "snapshot"
+    shutil.copytree(tiny_models["sd_turbo"].diffusers_dir, folder)
+    damage(folder)
+    with pytest.raises(ValueError, match=expect):  # the pack's CheckpointError
+        load_turbo(str(folder))
