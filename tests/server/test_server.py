@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from tests.support import host
-from tests.support.client import ComfyClient, txt2img_prompt
+from tests.support.client import txt2img_prompt
 
 PACK_NODES = ("ADDTurboLoader", "ADDTurboScheduler", "ADDTurboSampler", "ADDTurboSample")
 
