@@ -88,9 +88,9 @@ def unet_layout(config: dict) -> dict:
     channels = config["block_out_channels"]
     levels = len(channels)
     per_block = config["layers_per_block"]
-    per_block = per_block if isinstance(per_block, list) else [per_block] * levels
+    per_block = list(per_block) if isinstance(per_block, (list, tuple)) else [per_block] * levels
     depth = config.get("transformer_layers_per_block", 1)
-    depth = depth if isinstance(depth, list) else [depth] * levels
+    depth = list(depth) if isinstance(depth, (list, tuple)) else [depth] * levels
     down_attn = ["CrossAttn" in t for t in config["down_block_types"]]
     up_attn = list(reversed(["CrossAttn" in t for t in config["up_block_types"]]))
     reverse_depth = config.get("reverse_transformer_layers_per_block")

@@ -70,6 +70,24 @@ def _unet_dtypes(weight_dtype: str, load_device, sd, prefix, model_config):
     return dtype, mm.unet_manual_cast(dtype, load_device, supported)
 
 
+def _build_unet(path, model_config, sd, prefix, dtype, load_device):
+    """The host's UNet model with the file's tensors as its parameters (no second copy in memory).
+
+    The module is created on the meta device (no allocation) and the loaded tensors are assigned to it,
+    cast only where the chosen dtype differs. The UNet's entries leave `sd` as they are consumed.
+    """
+    model = model_config.get_model(sd, prefix, device=torch.device("meta"))
+    weights = {k[len(prefix):]: sd.pop(k).to(dtype) for k in [k for k in sd if k.startswith(prefix)]}
+    missing, unexpected = model.diffusion_model.load_state_dict(weights, strict=False, assign=True)
+    if missing:
+        raise CheckpointError(path, f"the UNet is incomplete ({len(missing)} tensors missing, e.g. {missing[0]})",
+                              "The file is damaged or not a standard SD 2.x / SDXL checkpoint: download it again")
+    if unexpected:
+        log.debug("ADD Turbo: unused UNet tensors: %s", unexpected[:10])
+    initial = mm.unet_inital_load_device(comfy.utils.calculate_parameters(weights), dtype)
+    return model.to(initial) if initial != torch.device("cpu") else model
+
+
 def _taesd(family: str, path: str, dtype):
     """TAESD / TAESDXL from models/vae_approx (safetensors only: never unpickle)."""
     name = TAESD_NAMES[family]
@@ -117,9 +135,7 @@ def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full"):
     load_device = mm.get_torch_device()
     unet_dtype, manual_cast = _unet_dtypes(weight_dtype, load_device, sd, prefix, model_config)
     model_config.set_inference_dtype(unet_dtype, manual_cast)
-    parameters = comfy.utils.calculate_parameters(sd, prefix)
-    model = model_config.get_model(sd, prefix, device=mm.unet_inital_load_device(parameters, unet_dtype))
-    model.load_model_weights(sd, prefix)
+    model = _build_unet(path, model_config, sd, prefix, unet_dtype, load_device)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
 
     vae_dtype = torch.bfloat16 if (weight_dtype == "bf16" and load_device.type == "cpu") else None

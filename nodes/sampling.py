@@ -25,7 +25,7 @@ def _steps_input(default=1):
     return io.Int.Input("steps", default=default, min=1, max=schedules.MAX_STEPS, tooltip=STEPS_TOOLTIP)
 
 
-def _schedule_inputs():
+def schedule_inputs():
     return [
         _steps_input(),
         io.Float.Input("strength", default=1.0, min=0.001, max=1.0, step=0.01, round=False, tooltip=STRENGTH_TOOLTIP),
@@ -33,7 +33,7 @@ def _schedule_inputs():
     ]
 
 
-def _sampler_inputs():
+def sampler_inputs():
     return [
         io.Combo.Input("sampler", options=list(samplers.SAMPLERS), default="euler_ancestral", tooltip=SAMPLER_TOOLTIP),
         io.Float.Input("eta", default=1.0, min=0.0, max=1.0, step=0.01, round=False, tooltip=ETA_TOOLTIP),
@@ -83,6 +83,26 @@ class PositiveOnlyGuider(comfy.samplers.CFGGuider):
         self.inner_set_conds({"positive": positive})
 
 
+def sample_latent(model, positive, latent, seed, steps, strength, spacing, sampler, eta, denoise_mask=None):
+    """Guidance-free sampling of a latent batch [B, C, h, w] -> [B, C, h, w] (one model call per step).
+
+    strength 1.0 starts from pure noise (the latent is ignored, as in text to image); below 1 the
+    latent is noised to the first sigma, sigma * noise + latent.
+    """
+    sigmas = model_sigmas(model, steps, strength, spacing)
+    latent = comfy.sample.fix_empty_latent_channels(model, latent)
+    if strength >= 1.0:
+        latent = torch.zeros_like(latent)
+    start_noise = noise.seeded_noise(seed, latent.shape)
+    guider = PositiveOnlyGuider(model)
+    guider.set_conds(positive)
+    guider.set_cfg(1.0)
+    callback = latent_preview.prepare_callback(model, steps)
+    samples = guider.sample(start_noise, latent, turbo_sampler(sampler, eta), sigmas, denoise_mask=denoise_mask,
+                            callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    return samples.to(comfy.model_management.intermediate_device())
+
+
 class ADDTurboScheduler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -93,7 +113,7 @@ class ADDTurboScheduler(io.ComfyNode):
             description="Guidance-free turbo timesteps -> SIGMAS for SamplerCustom. Steps are the steps run; "
                         "strength is continuous and never rounds to zero steps.",
             inputs=[io.Model.Input("model", tooltip="The turbo model whose noise schedule gives the sigmas."),
-                    *_schedule_inputs()],
+                    *schedule_inputs()],
             outputs=[io.Sigmas.Output(tooltip="steps + 1 sigmas, highest first, ending in 0.")],
         )
 
@@ -111,7 +131,7 @@ class ADDTurboSampler(io.ComfyNode):
             category="ADD Turbo",
             description="A few-step turbo sampler for SamplerCustom / SamplerCustomAdvanced. Its per-step noise "
                         "comes from a CPU generator keyed by the seed: the same image on CPU and GPU.",
-            inputs=_sampler_inputs(),
+            inputs=sampler_inputs(),
             outputs=[io.Sampler.Output(tooltip="Connect to SamplerCustom's sampler input (use cfg 1.0).")],
         )
 
@@ -137,24 +157,16 @@ class ADDTurboSample(io.ComfyNode):
                                                         "models were trained at), or an encoded image with strength < 1."),
                 io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
                              tooltip="Noise seed; image k of a batch uses seed + k."),
-                *_schedule_inputs(),
-                *_sampler_inputs(),
+                *schedule_inputs(),
+                *sampler_inputs(),
             ],
             outputs=[io.Latent.Output(tooltip="The sampled latent; decode with VAE Decode.")],
         )
 
     @classmethod
     def execute(cls, model, positive, latent_image, seed, steps, strength, spacing, sampler, eta) -> io.NodeOutput:
-        sigmas = model_sigmas(model, steps, strength, spacing)
-        latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
-        start_noise = noise.seeded_noise(seed, latent.shape)
-        guider = PositiveOnlyGuider(model)
-        guider.set_conds(positive)
-        guider.set_cfg(1.0)
-        callback = latent_preview.prepare_callback(model, steps)
-        samples = guider.sample(start_noise, latent, turbo_sampler(sampler, eta), sigmas,
-                                denoise_mask=latent_image.get("noise_mask"), callback=callback,
-                                disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
-        out = {**latent_image, "samples": samples.to(comfy.model_management.intermediate_device())}
+        samples = sample_latent(model, positive, latent_image["samples"], seed, steps, strength, spacing, sampler, eta,
+                                denoise_mask=latent_image.get("noise_mask"))
+        out = {**latent_image, "samples": samples}
         out.pop("noise_mask", None)
         return io.NodeOutput(out)

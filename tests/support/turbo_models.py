@@ -32,12 +32,12 @@ class TurboModel:
     diffusers_dir: Path
 
 
-def _clip_config(layers: int, act: str, projection: int = TEXT_HIDDEN):
+def _clip_config(layers: int, act: str, hidden: int = TEXT_HIDDEN):
     from transformers import CLIPTextConfig
 
-    return CLIPTextConfig(vocab_size=49408, hidden_size=TEXT_HIDDEN, intermediate_size=4 * TEXT_HIDDEN,
-                          num_hidden_layers=layers, num_attention_heads=TEXT_HIDDEN // 64, max_position_embeddings=77,
-                          hidden_act=act, projection_dim=projection)
+    return CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=4 * hidden,
+                          num_hidden_layers=layers, num_attention_heads=hidden // 64, max_position_embeddings=77,
+                          hidden_act=act, projection_dim=hidden)
 
 
 def _vae(scaling_factor: float, seed: int):
@@ -82,10 +82,12 @@ def _open_clip_keys(hf_state_dict: dict) -> dict:
     return convert_text_enc_state_dict_v20(_prefixed("transformer.", _hf_text_keys(hf_state_dict)))
 
 
-def _unet_keys(unet, comfy_unet_config: dict) -> dict:
+def _unet_keys(unet) -> dict:
     from comfy.utils import unet_to_diffusers
 
-    key_map = unet_to_diffusers(comfy_unet_config)
+    from add_turbo.diffusers_folders import unet_layout
+
+    key_map = unet_to_diffusers(unet_layout(dict(unet.config)))
     state = unet.state_dict()
     missing = set(state) - set(key_map)
     if missing:
@@ -99,32 +101,47 @@ def _vae_keys(vae) -> dict:
     return _prefixed("first_stage_model.", convert_vae_state_dict(vae.state_dict()))
 
 
-def _build_sd_turbo():
+def _build_sd_turbo(full_size: bool = False):
+    """SD-Turbo: tiny, or with the real SD 2.1 sizes (865M UNet) for load/speed measurements."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(1)
-    unet = UNet2DConditionModel(
-        sample_size=64, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(64, 128),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=TEXT_HIDDEN, attention_head_dim=(1, 2), use_linear_projection=True, norm_num_groups=32)
-    comfy_unet = dict(num_res_blocks=[1, 1], channel_mult=[1, 2], transformer_depth=[1, 0],
-                      transformer_depth_output=[1, 1, 0, 0], transformer_depth_middle=1)
+    if full_size:
+        unet = UNet2DConditionModel(
+            sample_size=64, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
+            block_out_channels=(320, 640, 1280, 1280), layers_per_block=2)
+        text_config = dict(hidden=1024, layers=24)
+    else:
+        unet = UNet2DConditionModel(
+            sample_size=64, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(64, 128),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=TEXT_HIDDEN, attention_head_dim=(1, 2), use_linear_projection=True, norm_num_groups=32)
+        text_config = dict(hidden=TEXT_HIDDEN, layers=3)
     # OpenCLIP-H is used at its penultimate layer: the single file holds one more (unused) layer
     # than the diffusers text encoder, exactly as in Stability's sd_turbo vs. its diffusers snapshot.
     torch.manual_seed(2)
-    full_text = CLIPTextModelWithProjection(_clip_config(3, "gelu"))
-    text_encoder = CLIPTextModel(_clip_config(2, "gelu"))
+    full_text = CLIPTextModelWithProjection(_clip_config(text_config["layers"], "gelu", hidden=text_config["hidden"]))
+    text_encoder = CLIPTextModel(_clip_config(text_config["layers"] - 1, "gelu", hidden=text_config["hidden"]))
     source = _hf_text_keys(full_text.state_dict())
     targets = text_encoder.state_dict()
     text_encoder.load_state_dict({k: source[k if k in source else "text_model." + k] for k in targets})
-    vae = _vae(0.18215, seed=3)
+    vae = _full_vae(seed=3) if full_size else _vae(0.18215, seed=3)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=_tokenizer("!"), unet=unet,
                                    scheduler=_scheduler(ancestral=False), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
-    single = {**_unet_keys(unet, comfy_unet), **_vae_keys(vae),
+    single = {**_unet_keys(unet), **_vae_keys(vae),
               **_prefixed("cond_stage_model.model.", _open_clip_keys(full_text.state_dict()))}
     return pipe, single
+
+
+def _full_vae(seed: int):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                         scaling_factor=0.18215, sample_size=512)
 
 
 def _build_sdxl_turbo():
@@ -139,8 +156,6 @@ def _build_sdxl_turbo():
         transformer_layers_per_block=(1, 2), cross_attention_dim=2 * TEXT_HIDDEN, attention_head_dim=(1, 2),
         use_linear_projection=True, norm_num_groups=32, addition_embed_type="text_time",
         addition_time_embed_dim=size_embed, projection_class_embeddings_input_dim=TEXT_HIDDEN + 6 * size_embed)
-    comfy_unet = dict(num_res_blocks=[1, 1], channel_mult=[1, 2], transformer_depth=[0, 2],
-                      transformer_depth_output=[0, 0, 2, 2], transformer_depth_middle=2)
     torch.manual_seed(12)
     clip_l = CLIPTextModel(_clip_config(3, "quick_gelu"))
     torch.manual_seed(13)
@@ -148,13 +163,26 @@ def _build_sdxl_turbo():
     vae = _vae(0.13025, seed=14)
     pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=clip_l, text_encoder_2=clip_g, tokenizer=_tokenizer("<|endoftext|>"),
                                      tokenizer_2=_tokenizer("!"), unet=unet, scheduler=_scheduler(ancestral=True))
-    single = {**_unet_keys(unet, comfy_unet), **_vae_keys(vae),
+    single = {**_unet_keys(unet), **_vae_keys(vae),
               **_prefixed("conditioner.embedders.0.transformer.", _hf_text_keys(clip_l.state_dict())),
               **_prefixed("conditioner.embedders.1.model.", _open_clip_keys(clip_g.state_dict()))}
     return pipe, single
 
 
 BUILDERS = {"sd_turbo": _build_sd_turbo, "sdxl_turbo": _build_sdxl_turbo}
+
+
+def build_full_size_sd21(path: Path) -> Path:
+    """A random-weight SD-Turbo single file with the real SD 2.1 sizes (about 5.2 GB fp32), for benchmarks."""
+    from safetensors.torch import save_file
+
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with torch.no_grad():
+            _, single = _build_sd_turbo(full_size=True)
+        save_file({k: v.contiguous() for k, v in single.items()}, str(path) + ".partial")
+        os.replace(str(path) + ".partial", path)
+    return path
 
 
 def build(family: str, cache: Path = CACHE) -> TurboModel:
