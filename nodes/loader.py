@@ -70,6 +70,18 @@ def _unet_dtypes(weight_dtype: str, load_device, sd, prefix, model_config):
     return dtype, mm.unet_manual_cast(dtype, load_device, supported)
 
 
+def _read_tensors(path: str, keep) -> dict[str, torch.Tensor]:
+    """The file's tensors whose names pass `keep`, memory-mapped (safetensors; nothing is unpickled).
+
+    Each call maps the file anew, so the text encoder and VAE tensors, which the host copies into
+    its own modules, are unmapped once those copies exist, while the UNet keeps its mapping.
+    """
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt", device="cpu") as handle:
+        return {k: handle.get_tensor(k) for k in handle.keys() if keep(k)}
+
+
 def _build_unet(path, model_config, sd, prefix, dtype, load_device):
     """The host's UNet model with the file's tensors as its parameters (no second copy in memory).
 
@@ -117,15 +129,17 @@ def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full"):
         raise ValueError(f"weight_dtype must be one of {list(WEIGHT_DTYPES)}, got {weight_dtype!r}")
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    prefix = checkpoints.UNET_PREFIX
     if os.path.isdir(path):
         folder = diffusers_folders.inspect_folder(path, prefer_fp16=weight_dtype == "fp16")
         sd = folder_state_dict(folder)
         info = checkpoints.identify(path, {k: (tuple(v.shape), str(v.dtype)) for k, v in sd.items()})
+        unet_sd = {k: sd.pop(k) for k in [k for k in sd if k.startswith(prefix)]}
     else:
         info = checkpoints.inspect_checkpoint(path)
-        sd = comfy.utils.load_torch_file(path, safe_load=True)
-    prefix = checkpoints.UNET_PREFIX
-    unet_config = comfy.model_detection.detect_unet_config(sd, prefix)
+        unet_sd = _read_tensors(path, lambda key: key.startswith(prefix))
+        sd = None  # read after the UNet, from a second mapping that is released once copied
+    unet_config = comfy.model_detection.detect_unet_config(unet_sd, prefix)
     if info.family == checkpoints.SDXL_TURBO:
         model_config = TurboSDXL(unet_config)
         model_config.size_embed_dim = info.size_embed_dim
@@ -133,10 +147,12 @@ def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full"):
         model_config = TurboSD2(unet_config)
 
     load_device = mm.get_torch_device()
-    unet_dtype, manual_cast = _unet_dtypes(weight_dtype, load_device, sd, prefix, model_config)
+    unet_dtype, manual_cast = _unet_dtypes(weight_dtype, load_device, unet_sd, prefix, model_config)
     model_config.set_inference_dtype(unet_dtype, manual_cast)
-    model = _build_unet(path, model_config, sd, prefix, unet_dtype, load_device)
+    model = _build_unet(path, model_config, unet_sd, prefix, unet_dtype, load_device)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
+    if sd is None:
+        sd = _read_tensors(path, lambda key: not key.startswith(prefix))
 
     vae_dtype = torch.bfloat16 if (weight_dtype == "bf16" and load_device.type == "cpu") else None
     if decoder == "taesd":
@@ -144,6 +160,7 @@ def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full"):
     else:
         vae_sd = comfy.utils.state_dict_prefix_replace(sd, {checkpoints.VAE_PREFIX: ""}, filter_keys=True)
         vae = comfy.sd.VAE(sd=vae_sd, config={"params": info.vae}, dtype=vae_dtype)
+        del vae_sd
 
     clip_sd = model_config.process_clip_state_dict(sd)
     te_options = {f"{spec.name}_model_config": spec.config_overrides() for spec in info.text_encoders}
@@ -157,6 +174,7 @@ def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full"):
     if missing:
         raise CheckpointError(path, f"the text encoder is incomplete ({len(missing)} tensors missing, e.g. {missing[0]})",
                               "The file is damaged: download it again")
+    del sd, clip_sd
     log.info("ADD Turbo: loaded %s as %s (UNet %s, decoder %s)", path, info.family_name, unet_dtype, decoder)
     return patcher, clip, vae, info
 
