@@ -114,6 +114,8 @@ def api_to_ui(prompt: dict, object_info: dict, positions: dict | None = None, no
                 widgets.append(value if value is not None else options.get("default"))
                 if options.get("control_after_generate"):
                     widgets.append("fixed")
+                if options.get("image_upload"):
+                    widgets.append("image")
             elif isinstance(value, list) or name in node_def.get("input", {}).get("required", {}):
                 link = next((entry[0] for entry in links if entry[3] == int(node_id) and entry[4] == name), None)
                 inputs.append({"name": name, "type": spec[0], "link": link})

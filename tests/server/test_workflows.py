@@ -1,0 +1,106 @@
+"""Every example workflow: UI JSON -> API via the server's /object_info -> run on a real server -> outputs checked."""
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+from add_turbo.workflow import WorkflowError, ui_to_api
+from tests.support import host
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+# (image count, width, height) each workflow's SaveImage writes.
+EXPECTED = {
+    "add_turbo_sd_turbo_txt2img": (1, 512, 512),
+    "add_turbo_sdxl_turbo_sampler_custom": (1, 512, 512),
+    "add_turbo_img2img": (1, 512, 512),
+    "add_turbo_draft_and_refine": (1, 768, 768),
+    "add_turbo_masked_refine": (1, 512, 512),
+    "add_turbo_strength_sweep": (4, 512, 512),
+}
+
+
+@pytest.fixture(scope="module")
+def object_info(server):
+    return requests.get(server.url + "/object_info", timeout=60).json()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def example_inputs(server):
+    for image in (REPO / "docs" / "examples").glob("*.png"):
+        shutil.copy(image, host.BASE_DIR / "input" / image.name)
+
+
+def to_api(path, object_info, tiny_models):
+    prompt = ui_to_api(json.loads(path.read_text()), object_info)
+    for node in prompt.values():
+        if node["class_type"] == "ADDTurboLoader":
+            family = "sdxl_turbo" if "xl" in node["inputs"]["ckpt_name"] else "sd_turbo"
+            node["inputs"]["ckpt_name"] = tiny_models[family].single_file.name
+    return prompt
+
+
+def test_every_workflow_is_covered():
+    assert {p.stem for p in WORKFLOWS} == set(EXPECTED)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_runs_and_is_deterministic(client, server, object_info, tiny_models, path):
+    prompt = to_api(path, object_info, tiny_models)
+    run = client.run(prompt)
+    assert run.error is None, run.error
+    count, width, height = EXPECTED[path.stem]
+    outputs = client.history(run.prompt_id)["outputs"]
+    save_nodes = [nid for nid, node in prompt.items() if node["class_type"] == "SaveImage"]
+    images = [Image.open(io.BytesIO(png)) for png in _node_images(client, outputs, save_nodes)]
+    assert len(images) == count
+    for image in images:
+        assert image.size == (width, height)
+        assert len(set(image.convert("RGB").getdata())) > 100, "blank image"
+    # Clear the server's caches and run again: same seed, same bytes.
+    requests.post(server.url + "/free", json={"free_memory": True}, timeout=30)
+    again = client.run(prompt)
+    assert _node_images(client, client.history(again.prompt_id)["outputs"], save_nodes) == \
+        _node_images(client, outputs, save_nodes)
+
+
+def _node_images(client, outputs, node_ids):
+    out = []
+    for node_id in node_ids:
+        for image in outputs[node_id]["images"]:
+            out.append(requests.get(client.url + "/view", params=image, timeout=30).content)
+    return out
+
+
+def test_masked_workflow_keeps_unmasked_pixels(client, object_info, tiny_models):
+    prompt = to_api(REPO / "workflows" / "add_turbo_masked_refine.json", object_info, tiny_models)
+    run = client.run(prompt)
+    (png,) = client.images(run.prompt_id)
+    out = Image.open(io.BytesIO(png)).convert("RGB")
+    source = Image.open(REPO / "docs" / "examples" / "add_turbo_harbour_masked.png").convert("RGB")
+    # A corner far from the transparent (masked) ellipse is unchanged; the masked centre changed.
+    assert out.getpixel((20, 480)) == source.getpixel((20, 480))
+    assert out.getpixel((385, 120)) != source.getpixel((385, 120))
+
+
+def test_unknown_node_or_widget_fails_the_check(object_info):
+    workflow = json.loads((REPO / "workflows" / "add_turbo_img2img.json").read_text())
+    renamed = json.loads(json.dumps(workflow))
+    next(n for n in renamed["nodes"] if n["type"] == "ADDTurboRefine")["type"] = "ADDTurboRefineV9"
+    with pytest.raises(WorkflowError, match="does not define"):
+        ui_to_api(renamed, object_info)
+    short = json.loads(json.dumps(workflow))
+    next(n for n in short["nodes"] if n["type"] == "ADDTurboRefine")["widgets_values"] = [0, "fixed", 2]
+    with pytest.raises(WorkflowError, match="no value for widget"):
+        ui_to_api(short, object_info)
+
+
+def test_template_browser_lists_the_workflows(server):
+    templates = requests.get(server.url + "/api/workflow_templates", timeout=30).json()
+    listed = templates.get("add-turbo", [])
+    assert sorted(listed) == sorted(EXPECTED), templates
