@@ -132,7 +132,7 @@ def api_to_ui(prompt: dict, object_info: dict, positions: dict | None = None, no
                       "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": [text]})
     ui_links = [[lid, src, slot, dst, _input_slot(nodes, dst, name), kind] for lid, src, slot, dst, name, kind in links]
     return {"last_node_id": max(n["id"] for n in nodes), "last_link_id": len(links), "nodes": nodes, "links": ui_links,
-            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [40, 60]}}, "version": 0.4}
+            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.75, "offset": [80, 330]}}, "version": 0.4}
 
 
 def _input_slot(nodes: list, node_id: int, name: str) -> int:

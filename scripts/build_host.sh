@@ -73,7 +73,17 @@ stub="$home/stubs/torchvision"
 rm -f "$stub/__init__.py" "$stub/transforms/__init__.py"
 mkdir -p "$stub/transforms"
 
-# 5. Base directory with the pack installed the way users install it: a folder in custom_nodes/.
+# 5. Chromium for the editor tests (Debian's package; Playwright drives it, it downloads no browser).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing chromium (Debian package) for the browser tests"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    log "chromium is missing: install Debian's chromium package to run tests/browser"
+  fi
+fi
+
+# 6. Base directory with the pack installed the way users install it: a folder in custom_nodes/.
 mkdir -p "$base/custom_nodes" "$base/models/checkpoints" "$base/models/diffusers" \
          "$base/models/vae_approx" "$base/input" "$base/output" "$base/user/default"
 ln -sfn "$repo" "$base/custom_nodes/add-turbo"

@@ -92,7 +92,7 @@ WORKFLOWS = {
          "6": {"class_type": "ImageScaleBy", "inputs": {"image": ["5", 0], "upscale_method": "bicubic", "scale_by": 1.5}},
          "7": refine(("6", 0), steps=2, strength=0.4), "8": save(("7", 0), "add_turbo_refined"),
          "9": {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}}},
-        {**ROW, "4": [700, 0], "5": [1060, 0], "6": [1060, 200], "7": [1340, 0], "8": [1700, 0], "9": [1340, 420]}),
+        {**ROW, "4": [700, 0], "5": [1060, 0], "6": [1060, 300], "7": [1340, 0], "8": [1700, 0], "9": [1340, 420]}),
     "add_turbo_masked_refine": (
         "Masked refine (inpaint-like): only the transparent area of the loaded image (its mask) changes, with a soft "
         "edge; every other pixel stays exactly as it was.",

@@ -57,3 +57,6 @@ def tmp_checkpoint(comfy_host, tmp_path):
     yield place
     for path in placed:
         path.unlink(missing_ok=True)
+
+
+from tests.support.server_fixtures import client, server  # noqa: E402, F401  (fixtures for tests/server, tests/browser)

@@ -1,4 +1,4 @@
-"""A real ComfyUI server (subprocess, loopback) shared by the server tests of one module."""
+"""Server fixtures (a real ComfyUI server on loopback, one per test module), shared by server and browser tests."""
 
 import socket
 
