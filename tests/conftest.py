@@ -36,8 +36,13 @@ def tiny_models(comfy_host):
     return models
 
 
-def checkpoint_name(model) -> str:
-    return model.single_file.name
+@pytest.fixture(scope="session")
+def example_inputs(comfy_host):
+    """The example workflows' input images, in the host's input folder."""
+    examples = host.REPO / "docs" / "examples"
+    for image in examples.glob("*.png"):
+        shutil.copy(image, host.BASE_DIR / "input" / image.name)
+    return examples
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 import io
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,6 @@ import requests
 from PIL import Image
 
 from add_turbo.workflow import WorkflowError, ui_to_api
-from tests.support import host
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
@@ -30,10 +28,6 @@ def object_info(server):
     return requests.get(server.url + "/object_info", timeout=60).json()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def example_inputs(server):
-    for image in (REPO / "docs" / "examples").glob("*.png"):
-        shutil.copy(image, host.BASE_DIR / "input" / image.name)
 
 
 def to_api(path, object_info, tiny_models):

@@ -15,7 +15,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_models):
+def server(tiny_models, example_inputs):
     srv = host.Server(_free_port()).wait_ready()
     yield srv
     srv.stop()

@@ -1,0 +1,195 @@
+"""Headless runner: run a UI- or API-format workflow on a ComfyUI server and write its images.
+
+  python -m add_turbo run WORKFLOW.json [--server URL] [--set NODE.INPUT=VALUE ...] [--out DIR]
+  python -m add_turbo run WORKFLOW.json --watch prompt.txt     # re-run whenever the prompt file changes
+
+NODE is a node id, a node title or a class type (when unique). Without --server an embedded ComfyUI
+is started (the one this pack is installed in, or --comfyui DIR) and stopped afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from .workflow import WorkflowError, is_api_format, ui_to_api
+
+log = logging.getLogger("add_turbo.cli")
+PACK_DIR = Path(__file__).resolve().parents[1]
+
+
+def parse_value(text: str):
+    """JSON where it parses (numbers, true/false, lists), else the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def apply_overrides(prompt: dict, overrides: list[str]) -> dict:
+    """Set NODE.INPUT=VALUE entries on an API-format prompt; NODE is an id, title or class type."""
+    for item in overrides:
+        target, sep, value = item.partition("=")
+        node_ref, dot, input_name = target.rpartition(".")
+        if not sep or not dot or not node_ref:
+            raise WorkflowError(f"--set {item!r}: write NODE.INPUT=VALUE, e.g. 4.seed=7 or ADDTurboSample.steps=2")
+        matches = [nid for nid, node in prompt.items() if node_ref in (nid, node["class_type"], node.get("_meta", {}).get("title"))]
+        if len(matches) != 1:
+            found = "no node" if not matches else f"{len(matches)} nodes ({', '.join(matches)})"
+            raise WorkflowError(f"--set {item!r}: {found} match {node_ref!r}; use the node id")
+        prompt[matches[0]]["inputs"][input_name] = parse_value(value)
+    return prompt
+
+
+def load_prompt(path: Path, object_info: dict) -> dict:
+    try:
+        workflow = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise WorkflowError(f"{path}: cannot read the workflow ({error})") from error
+    if not isinstance(workflow, dict):
+        raise WorkflowError(f"{path}: not a ComfyUI workflow")
+    return workflow if is_api_format(workflow) else ui_to_api(workflow, object_info)
+
+
+class EmbeddedServer:
+    """A ComfyUI started for this run on a free loopback port."""
+
+    def __init__(self, comfyui: Path, extra_args: list[str]):
+        if not (comfyui / "main.py").exists():
+            raise SystemExit(f"error: no ComfyUI at {comfyui}: pass --comfyui DIR or --server URL")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [sys.executable, "main.py", "--listen", "127.0.0.1", "--port", str(self.port), "--disable-auto-launch",
+                *extra_args]
+        self.log = open(os.devnull, "w")
+        self.process = subprocess.Popen(args, cwd=comfyui, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait(self, timeout: float = 180) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit("error: the embedded ComfyUI exited during start-up")
+            try:
+                urllib.request.urlopen(self.url + "/system_stats", timeout=2)
+                return
+            except OSError:
+                time.sleep(0.3)
+        raise SystemExit(f"error: the embedded ComfyUI did not start in {timeout:.0f} s")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+def write_images(result, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, data in result.images:
+        path = out / name
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
+
+
+async def run_once(url: str, args) -> int:
+    from .client import Client, PromptError
+
+    async with Client(url) as client:
+        try:
+            prompt = apply_overrides(load_prompt(Path(args.workflow), await client.object_info()), args.set)
+            result = await client.run(prompt)
+        except (WorkflowError, PromptError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        for path in write_images(result, Path(args.out)):
+            print(path)
+        print(f"done in {result.seconds:.2f} s", file=sys.stderr)
+        return 0
+
+
+async def watch(url: str, args) -> int:
+    """Re-run whenever the prompt file changes; its text goes into every CLIPTextEncode `text` input."""
+    from .client import Client, PromptError
+
+    watched, last, runs = Path(args.watch), None, 0
+    async with Client(url) as client:
+        base = apply_overrides(load_prompt(Path(args.workflow), await client.object_info()), args.set)
+        print(f"watching {watched} (Ctrl-C to stop)", file=sys.stderr)
+        while args.max_runs is None or runs < args.max_runs:
+            stamp = watched.stat().st_mtime_ns if watched.exists() else None
+            if stamp is None or stamp == last:
+                await asyncio.sleep(0.2)
+                continue
+            last = stamp
+            text = watched.read_text().strip()
+            prompt = json.loads(json.dumps(base))
+            for node in prompt.values():
+                if node["class_type"] == "CLIPTextEncode":
+                    node["inputs"]["text"] = text
+            try:
+                result = await client.run(prompt)
+            except PromptError as error:
+                print(f"error: {error}", file=sys.stderr)
+                continue
+            finally:
+                runs += 1
+            for path in write_images(result, Path(args.out)):
+                print(f"{path}  <- {text!r} ({result.seconds:.2f} s)")
+    return 0
+
+
+def default_comfyui() -> Path:
+    """The ComfyUI this pack is installed in (custom_nodes/<pack>), else $COMFYUI_DIR."""
+    installed = PACK_DIR.parent.parent
+    if (installed / "main.py").exists():
+        return installed
+    return Path(os.environ.get("COMFYUI_DIR", installed))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m add_turbo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a workflow and write its images")
+    run.add_argument("workflow", help="UI- or API-format workflow JSON")
+    run.add_argument("--server", help="URL of a running ComfyUI (default: start an embedded one)")
+    run.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE", help="override an input")
+    run.add_argument("--out", default="output", help="folder for the images (default: ./output)")
+    run.add_argument("--watch", metavar="FILE", help="re-run whenever this prompt text file changes")
+    run.add_argument("--max-runs", type=int, help="with --watch: stop after this many runs")
+    run.add_argument("--comfyui", type=Path, default=None, help="ComfyUI folder for the embedded server")
+    run.add_argument("--comfyui-args", default="", help="extra arguments for the embedded server (e.g. '--cpu')")
+    args = parser.parse_args(argv)
+
+    server = None
+    url = args.server
+    if url is None:
+        server = EmbeddedServer(args.comfyui or default_comfyui(), args.comfyui_args.split())
+        server.wait()
+        url = server.url
+    try:
+        return asyncio.run(watch(url, args) if args.watch else run_once(url, args))
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if server is not None:
+            server.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,110 @@
+"""The headless CLI (python -m add_turbo run) against a real server, and with an embedded one."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.support import host
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+
+
+def cli(*args, timeout=300):
+    # The embedded server of the development host needs its torchvision stand-in on the path.
+    env = {**os.environ, "PYTHONPATH": str(host.STUBS_DIR)}
+    return subprocess.run([sys.executable, "-m", "add_turbo", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def _tiny_overrides(workflow_path, tiny_models):
+    workflow = json.loads(workflow_path.read_text())
+    sets = []
+    for node in workflow["nodes"]:
+        if node["type"] == "ADDTurboLoader":
+            family = "sdxl_turbo" if "xl" in node["widgets_values"][0] else "sd_turbo"
+            sets += ["--set", f"{node['id']}.ckpt_name={tiny_models[family].single_file.name}"]
+    return sets
+
+
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_cli_runs_every_example_workflow(server, tiny_models, tmp_path, path):
+    result = cli("run", str(path), "--server", server.url, "--out", str(tmp_path),
+                 *_tiny_overrides(path, tiny_models), "--set", "ADDTurboLoader.decoder=full")
+    assert result.returncode == 0, result.stderr
+    written = [Path(line) for line in result.stdout.split()]
+    assert written and all(p.exists() and Image.open(p).size[0] >= 512 for p in written)
+    assert "done in" in result.stderr
+
+
+def test_cli_set_overrides_and_api_format(server, tiny_models, tmp_path):
+    from tests.support.client import txt2img_prompt
+
+    api = tmp_path / "api.json"
+    api.write_text(json.dumps(txt2img_prompt(tiny_models["sd_turbo"].single_file.name, size=64)))
+    result = cli("run", str(api), "--server", server.url, "--out", str(tmp_path / "out"), "--set", "3.width=128",
+                 "--set", "ADDTurboSample.steps=3")
+    assert result.returncode == 0, result.stderr
+    (image,) = [Path(line) for line in result.stdout.split()]
+    assert Image.open(image).size == (128, 64)
+    assert "3/3" in result.stderr  # the progress bar followed all three steps
+
+
+@pytest.mark.parametrize("mutate,expect", [
+    (lambda w: next(n for n in w["nodes"] if n["type"] == "ADDTurboSample").update(type="NoSuchNode"), "does not define"),
+    (lambda w: next(n for n in w["nodes"] if n["type"] == "ADDTurboSample")["widgets_values"].__setitem__(2, 99),
+     "steps"),
+])
+def test_cli_broken_workflow_exits_1_with_the_servers_message(server, tiny_models, tmp_path, mutate, expect):
+    path = REPO / "workflows" / "add_turbo_sd_turbo_txt2img.json"
+    workflow = json.loads(path.read_text())
+    mutate(workflow)
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(workflow))
+    result = cli("run", str(broken), "--server", server.url, "--out", str(tmp_path), *_tiny_overrides(path, tiny_models))
+    assert result.returncode == 1
+    assert expect in result.stderr and "Traceback" not in result.stderr
+    print(f"\nCLI error shown: {result.stderr.strip()[:300]}")
+
+
+def test_cli_bad_set_syntax(server, tmp_path):
+    result = cli("run", str(WORKFLOWS[0]), "--server", server.url, "--set", "nonsense")
+    assert result.returncode == 1 and "NODE.INPUT=VALUE" in result.stderr
+
+
+def test_cli_watch_regenerates_when_the_prompt_file_changes(server, tiny_models, tmp_path):
+    from tests.support.client import txt2img_prompt
+
+    api = tmp_path / "api.json"
+    api.write_text(json.dumps(txt2img_prompt(tiny_models["sd_turbo"].single_file.name, size=64)))
+    prompt_file = tmp_path / "prompt.txt"
+    prompt_file.write_text("a red boat")
+    process = subprocess.Popen([sys.executable, "-m", "add_turbo", "run", str(api), "--server", server.url, "--out",
+                                str(tmp_path / "out"), "--watch", str(prompt_file), "--max-runs", "2"],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not list((tmp_path / "out").glob("*.png")) and time.time() < deadline:
+        time.sleep(0.2)
+    prompt_file.write_text("a blue boat")
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert "'a red boat'" in out and "'a blue boat'" in out
+
+
+def test_cli_embedded_server(tiny_models, tmp_path):
+    from tests.support.client import txt2img_prompt
+
+    api = tmp_path / "api.json"
+    api.write_text(json.dumps(txt2img_prompt(tiny_models["sd_turbo"].single_file.name, size=64)))
+    result = cli("run", str(api), "--out", str(tmp_path / "out"), "--comfyui", str(host.COMFY_DIR),
+                 "--comfyui-args", " ".join(host.base_args()))
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "out").glob("*.png"))) == 1
