@@ -33,13 +33,14 @@ def ordered_inputs(node_def: dict) -> list[tuple[str, list]]:
     return out
 
 
-def _widget_slots(node_def: dict) -> list[tuple[str, bool]]:
-    """(widget name, has an extra control_after_generate value) in widgets_values order."""
+def _widget_slots(node_def: dict) -> list[tuple[str, bool, bool]]:
+    """(widget name, has an extra control_after_generate value, required) in widgets_values order."""
     slots = []
+    required = node_def.get("input", {}).get("required", {})
     for name, spec in ordered_inputs(node_def):
         if _is_widget(spec):
             options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-            slots.append((name, bool(options.get("control_after_generate"))))
+            slots.append((name, bool(options.get("control_after_generate")), name in required))
     return slots
 
 
@@ -65,8 +66,10 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
         values = list(node.get("widgets_values") or [])
         linked = {i["name"]: i.get("link") for i in node.get("inputs", []) if i.get("link") is not None}
         position = 0
-        for name, extra in _widget_slots(node_def):
+        for name, extra, required in _widget_slots(node_def):
             if position >= len(values):
+                if not required:
+                    break  # an optional widget added after the workflow was saved: the node's default applies
                 raise WorkflowError(f"node {node['id']} ({kind}) has no value for widget {name!r}: re-save the workflow")
             inputs[name] = values[position]
             position += 2 if extra else 1

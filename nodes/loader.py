@@ -18,13 +18,14 @@ from comfy_api.latest import io
 from ..add_turbo import checkpoints, diffusers_folders
 from ..add_turbo.checkpoints import CheckpointError
 from .convert import folder_state_dict
-from .turbo_models import TurboSD2, TurboSDXL, text_encoder_dtype
+from .turbo_models import TurboSD2, TurboSDXL, sdpa_attention, text_encoder_dtype
 
 log = logging.getLogger(__name__)
 
 DIFFUSERS_TAG = "[diffusers] "
 WEIGHT_DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DECODERS = ("full", "taesd")
+ATTENTIONS = ("sdpa", "host")
 TAESD_NAMES = {checkpoints.SD_TURBO: "taesd", checkpoints.SDXL_TURBO: "taesdxl"}
 
 
@@ -117,7 +118,7 @@ def _taesd(family: str, path: str, dtype):
     return comfy.sd.VAE(sd=sd, dtype=dtype)
 
 
-def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full"):
+def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full", attention: str = "sdpa"):
     """Load an SD-Turbo / SDXL-Turbo single file or diffusers folder.
 
     Returns:
@@ -129,6 +130,8 @@ def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full"):
         raise ValueError(f"weight_dtype must be one of {list(WEIGHT_DTYPES)}, got {weight_dtype!r}")
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
     prefix = checkpoints.UNET_PREFIX
     if os.path.isdir(path):
         folder = diffusers_folders.inspect_folder(path, prefer_fp16=weight_dtype == "fp16")
@@ -151,6 +154,8 @@ def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full"):
     model_config.set_inference_dtype(unet_dtype, manual_cast)
     model = _build_unet(path, model_config, unet_sd, prefix, unet_dtype, load_device)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
+    if attention == "sdpa":
+        patcher.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = sdpa_attention
     if sd is None:
         sd = _read_tensors(path, lambda key: not key.startswith(prefix))
 
@@ -200,6 +205,10 @@ class ADDTurboLoader(io.ComfyNode):
                 io.Combo.Input("decoder", options=list(DECODERS), default="full", optional=True,
                                tooltip="full: the checkpoint's VAE. taesd: the tiny TAESD/TAESDXL autoencoder from "
                                        "models/vae_approx, much cheaper to decode with a small loss of detail."),
+                io.Combo.Input("attention", options=list(ATTENTIONS), default="sdpa", optional=True,
+                               tooltip="sdpa: PyTorch scaled-dot-product attention, deterministic (one seed, one image, "
+                                       "whatever the free memory) and fast. host: whatever ComfyUI picked (on CPU its "
+                                       "memory-dependent sub-quadratic attention)."),
             ],
             outputs=[
                 io.Model.Output(tooltip="The turbo UNet, epsilon prediction."),
@@ -209,6 +218,6 @@ class ADDTurboLoader(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, ckpt_name, weight_dtype="auto", decoder="full") -> io.NodeOutput:
-        model, clip, vae, _ = load_turbo(_resolve(ckpt_name), weight_dtype, decoder)
+    def execute(cls, ckpt_name, weight_dtype="auto", decoder="full", attention="sdpa") -> io.NodeOutput:
+        model, clip, vae, _ = load_turbo(_resolve(ckpt_name), weight_dtype, decoder, attention)
         return io.NodeOutput(model, clip, vae)

@@ -8,7 +8,7 @@ import latent_preview
 import torch
 from comfy_api.latest import io
 
-from ..add_turbo import noise, samplers, schedules
+from ..add_turbo import inputs, noise, samplers, schedules
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 STEPS_TOOLTIP = "Number of steps actually run (1-4 is what ADD models are made for). Never rounded to zero."
@@ -83,14 +83,23 @@ class PositiveOnlyGuider(comfy.samplers.CFGGuider):
         self.inner_set_conds({"positive": positive})
 
 
+def check_model_inputs(model, positive, latent) -> None:
+    """Refuse mismatched conditioning and latents with a message, before any model work."""
+    base = model.model
+    unet_config = base.model_config.unet_config
+    inputs.check_latent(latent, base.latent_format.latent_channels)
+    inputs.check_conditioning(positive, unet_config.get("context_dim"), unet_config.get("adm_in_channels") is not None)
+
+
 def sample_latent(model, positive, latent, seed, steps, strength, spacing, sampler, eta, denoise_mask=None):
     """Guidance-free sampling of a latent batch [B, C, h, w] -> [B, C, h, w] (one model call per step).
 
     strength 1.0 starts from pure noise (the latent is ignored, as in text to image); below 1 the
     latent is noised to the first sigma, sigma * noise + latent.
     """
-    sigmas = model_sigmas(model, steps, strength, spacing)
     latent = comfy.sample.fix_empty_latent_channels(model, latent)
+    check_model_inputs(model, positive, latent)
+    sigmas = model_sigmas(model, steps, strength, spacing)
     if strength >= 1.0:
         latent = torch.zeros_like(latent)
     start_noise = noise.seeded_noise(seed, latent.shape)

@@ -38,6 +38,18 @@ class TurboSDXL(supported_models.SDXL):
         return TurboSDXLModel(self, self.size_embed_dim, device=device)
 
 
+def sdpa_attention(host_attention, *args, **kwargs):
+    """Attention override: PyTorch SDPA, whatever the host picked.
+
+    On CPU the host uses sub-quadratic attention whose chunking follows free memory, so one seed
+    can give slightly different pixels as the process's memory changes; SDPA is deterministic for
+    given shapes and faster there.
+    """
+    from comfy.ldm.modules.attention import attention_pytorch
+
+    return attention_pytorch(*args, **kwargs)
+
+
 def text_encoder_dtype(load_device: torch.device):
     """fp32 text encoders on CPU (fp16 there is slower and moves the image); host default elsewhere."""
     return torch.float32 if load_device.type == "cpu" else None

@@ -65,3 +65,19 @@ def test_no_eval_exec_or_print_in_shipped_code():
 def test_ruff_clean():
     result = subprocess.run([sys.executable, "-m", "ruff", "check", "."], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_workflow_conversion_defaults_missing_optional_widgets_and_refuses_missing_required():
+    from add_turbo.workflow import WorkflowError, ui_to_api
+
+    info = {"N": {"input": {"required": {"a": ["INT", {"control_after_generate": True}]}, "optional": {"b": [["x", "y"]]}},
+                  "input_order": {"required": ["a"], "optional": ["b"]}, "output": [], "output_name": []}}
+    node = {"id": 1, "type": "N", "inputs": [], "widgets_values": [5, "fixed"]}
+    assert ui_to_api({"nodes": [node], "links": []}, info)["1"]["inputs"] == {"a": 5}
+    node["widgets_values"] = [5, "fixed", "y"]
+    assert ui_to_api({"nodes": [node], "links": []}, info)["1"]["inputs"] == {"a": 5, "b": "y"}
+    node["widgets_values"] = []
+    import pytest
+
+    with pytest.raises(WorkflowError, match="no value for widget 'a'"):
+        ui_to_api({"nodes": [node], "links": []}, info)

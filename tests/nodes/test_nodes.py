@@ -118,3 +118,29 @@ def test_strength_below_one_refines_an_encoded_latent(loaded):
     low = g.turbo_sample(model, cond, latent, seed=1, steps=2, strength=0.05)["samples"]
     high = g.turbo_sample(model, cond, latent, seed=1, steps=2, strength=1.0)["samples"]
     assert (low - latent["samples"]).abs().mean() < (high - latent["samples"]).abs().mean()
+
+
+def test_repeated_runs_leave_no_stray_tensors(loaded):
+    import gc
+
+    model, clip, vae = loaded["sd_turbo"]
+
+    def live_tensors():
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+    def one_round(i):
+        cond = g.encode(clip, f"a lighthouse {i}")
+        g.decode(vae, g.turbo_sample(model, cond, g.empty_latent(SIZE), seed=i, steps=1 + i % 3,
+                                     sampler=("euler", "euler_ancestral", "consistency")[i % 3]))
+        g.run(g.builtin("ADDTurboRefine"), model=model, vae=vae, positive=cond, image=torch.rand(1, 64, 64, 3),
+              seed=i, steps=2, strength=0.5, spacing="trailing", sampler="euler_ancestral", eta=1.0)
+
+    for i in range(3):
+        one_round(i)
+    before = live_tensors()
+    for i in range(20):
+        one_round(i)
+    after = live_tensors()
+    print(f"\nlive tensors after 3 warm-up rounds: {before}, after 20 more: {after}")
+    assert after <= before

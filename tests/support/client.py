@@ -39,7 +39,11 @@ class ComfyClient:
         response = self.queue(prompt)
         if response.status_code != 200:
             raise ValueError(f"prompt rejected ({response.status_code}): {response.text}")
-        run = PromptRun(response.json()["prompt_id"])
+        return self.follow(response.json()["prompt_id"], timeout)
+
+    def follow(self, prompt_id: str, timeout: float = 600) -> PromptRun:
+        """Read websocket events of an already queued prompt until it finishes or fails."""
+        run = PromptRun(prompt_id)
         deadline = time.time() + timeout
         while time.time() < deadline:
             message = self.ws.recv()
