@@ -196,12 +196,13 @@ def test_interrupt_stops_within_one_step_and_the_next_prompt_matches_a_fresh_ser
             interrupted_at = time.perf_counter()
             assert event["type"] == "execution_interrupted", event
             break
-    step = min(b - a for a, b in zip(step_times, step_times[1:], strict=False))
+    steps = sorted(b - a for a, b in zip(step_times, step_times[1:], strict=False))
+    step = steps[len(steps) // 2]
     latency = interrupted_at - sent_at
     print(f"\nINTERRUPT: stopped {latency * 1000:.0f} ms after POST /interrupt; one model step takes "
           f"{step * 1000:.0f} ms; steps run {len(step_times)}/10")
     assert len(step_times) < 10
-    assert latency <= step * 1.5 + 0.25
+    assert latency <= steps[-1] + 0.5  # the step in flight finishes, then the run stops
     assert requests.get(server.url + "/system_stats", timeout=10).ok
     after = client.run(txt2img_prompt(name, seed=8, steps=2, size=64, prefix="after_interrupt"))
     fresh = host.Server(_free_port()).wait_ready()
@@ -265,8 +266,11 @@ def test_long_session_keeps_memory_flat_and_leaves_no_threads(server, client, ti
         assert run.error is None, run.error
         rss.append(process.memory_info().rss)
         threads.append(process.num_threads())
-    growth = (rss[-1] - rss[9]) / rss[9]
+    import statistics
+
+    early, late = statistics.median(rss[7:12]), statistics.median(rss[-5:])
+    growth = (late - early) / early
     print(f"\nLONG SESSION: 100 prompts; RSS at prompt 10 {rss[9] / 2**20:.0f} MiB, at 100 {rss[-1] / 2**20:.0f} MiB "
-          f"({growth * 100:+.1f} %); threads at 10: {threads[9]}, at 100: {threads[-1]}")
+          f"(medians of 5: {growth * 100:+.1f} %); threads at 10: {threads[9]}, at 100: {threads[-1]}")
     assert growth < 0.05
     assert threads[-1] <= threads[9]
