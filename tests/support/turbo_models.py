@@ -172,16 +172,25 @@ def _build_sdxl_turbo():
 BUILDERS = {"sd_turbo": _build_sd_turbo, "sdxl_turbo": _build_sdxl_turbo}
 
 
-def build_full_size_sd21(path: Path) -> Path:
-    """A random-weight SD-Turbo single file with the real SD 2.1 sizes (about 5.2 GB fp32), for benchmarks."""
+def build_full_size_sd21(path: Path, diffusers_dir: Path | None = None) -> Path:
+    """A random-weight SD-Turbo with the real SD 2.1 sizes (about 5.2 GB fp32), for benchmarks.
+
+    Writes the single file at `path` and, when `diffusers_dir` is given, the same weights as a
+    diffusers folder there.
+    """
     from safetensors.torch import save_file
 
+    if path.exists() and (diffusers_dir is None or (diffusers_dir / "model_index.json").exists()):
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        pipe, single = _build_sd_turbo(full_size=True)
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with torch.no_grad():
-            _, single = _build_sd_turbo(full_size=True)
         save_file({k: v.contiguous() for k, v in single.items()}, str(path) + ".partial")
         os.replace(str(path) + ".partial", path)
+    del single
+    if diffusers_dir is not None:
+        pipe.save_pretrained(diffusers_dir, safe_serialization=True)
     return path
 
 

@@ -1,0 +1,244 @@
+"""SD-Turbo speed on this machine: stock ComfyUI graph vs the pack's exact and fast paths vs diffusers.
+
+Full-size random-weight SD-Turbo (SD 2.1 sizes), 1 step. Every variant runs in its own process
+(5 fp32 models would not fit in memory together), interleaved round by round (A B C D E, A B C D E,
+...), each with an untimed warm-up run first. Per stage (text encode, UNet, decode) and end to end,
+median and min over the rounds, peak RSS, ratios to the stock graph. Writes a markdown table.
+
+  scripts/bench.sh speed                                  # 512 px, batch 1, 3 rounds, all variants
+  scripts/bench.sh speed --sizes 256,512,768,1024 --batches 1,2,4 --variants pack_fast,stock
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.support import host  # noqa: E402
+
+CKPT = "bench_sd21_full_random.safetensors"
+PROMPT = "a cinematic photo of a red fox in the snow, golden hour"
+SEED = 1234
+VARIANTS = {
+    "stock": "stock graph: CheckpointLoaderSimple + SDTurboScheduler + SamplerCustom (euler_ancestral) + VAEDecode",
+    "pack_exact": "ADD Turbo exact: Loader (auto = fp32, full VAE) + Sample (sai, euler_ancestral) + VAEDecode",
+    "pack_fast": "ADD Turbo fast: Loader (bf16, TAESD, SDPA) + Sample + VAEDecode",
+    "diffusers_fp32": "diffusers fp32 StableDiffusionPipeline (trailing, guidance 0)",
+    "diffusers_bf16_tiny": "diffusers bf16 + AutoencoderTiny (TAESD)",
+}
+
+
+def _peak_gib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+class Timer:
+    def __init__(self):
+        self.stages = {}
+
+    def add(self, name, seconds):
+        self.stages[name] = self.stages.get(name, 0.0) + seconds
+
+
+def _comfy_variant(variant, size, batch):
+    import torch
+
+    import nodes
+
+    if variant == "stock":
+        model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint(CKPT)[:3]
+    else:
+        options = {"weight_dtype": "bf16", "decoder": "taesd"} if variant == "pack_fast" else {}
+        model, clip, vae = nodes.NODE_CLASS_MAPPINGS["ADDTurboLoader"].execute(ckpt_name=CKPT, **options).result
+    mapping = nodes.NODE_CLASS_MAPPINGS
+
+    def run(timer):
+        t = time.perf_counter()
+        (cond,) = nodes.CLIPTextEncode().encode(clip, PROMPT)
+        timer.add("text", time.perf_counter() - t)
+        latent = {"samples": torch.zeros([batch, 4, size // 8, size // 8])}
+        t = time.perf_counter()
+        if variant == "stock":
+            (sigmas,) = mapping["SDTurboScheduler"].execute(model=model, steps=1, denoise=1.0).result
+            (sampler,) = mapping["KSamplerSelect"].execute(sampler_name="euler_ancestral").result
+            out = mapping["SamplerCustom"].execute(model=model, add_noise=True, noise_seed=SEED, cfg=1.0, positive=cond,
+                                                   negative=cond, sampler=sampler, sigmas=sigmas,
+                                                   latent_image=latent).result[0]
+        else:
+            out = mapping["ADDTurboSample"].execute(model=model, positive=cond, latent_image=latent, seed=SEED, steps=1,
+                                                    strength=1.0, spacing="sai", sampler="euler_ancestral",
+                                                    eta=1.0).result[0]
+        timer.add("unet", time.perf_counter() - t)
+        t = time.perf_counter()
+        (image,) = nodes.VAEDecode().decode(vae, out)
+        timer.add("decode", time.perf_counter() - t)
+        return image.float()
+
+    return run
+
+
+def _diffusers_variant(variant, size, batch):
+    import torch
+    from diffusers import AutoencoderTiny, EulerAncestralDiscreteScheduler, StableDiffusionPipeline
+
+    folder = host.HOME / "bench" / "sd21_full_random_diffusers"
+    dtype = torch.bfloat16 if variant == "diffusers_bf16_tiny" else torch.float32
+    pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+    pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
+    if variant == "diffusers_bf16_tiny":
+        torch.manual_seed(0)
+        pipe.vae = AutoencoderTiny().to(dtype)  # random weights of the TAESD architecture
+    pipe.set_progress_bar_config(disable=True)
+
+    def timed(module_fn, name, timer):
+        def wrapper(*args, **kwargs):
+            t = time.perf_counter()
+            out = module_fn(*args, **kwargs)
+            timer.add(name, time.perf_counter() - t)
+            return out
+        return wrapper
+
+    originals = (pipe.unet.forward, pipe.vae.decode, pipe.text_encoder.forward)
+
+    def run(timer):
+        pipe.unet.forward = timed(originals[0], "unet", timer)
+        pipe.vae.decode = timed(originals[1], "decode", timer)
+        pipe.text_encoder.forward = timed(originals[2], "text", timer)
+        with torch.no_grad():
+            images = pipe(PROMPT, num_inference_steps=1, guidance_scale=0.0, height=size, width=size,
+                          num_images_per_prompt=batch, generator=torch.Generator().manual_seed(SEED),
+                          output_type="pt").images
+        return images.permute(0, 2, 3, 1).float()
+
+    return run
+
+
+def child(variant, size, batch, out_image):
+    """One process: load, warm up, one timed run; prints a JSON line."""
+    if variant.startswith("diffusers"):
+        run = _diffusers_variant(variant, size, batch)
+    else:
+        host.init_in_process()
+        run = _comfy_variant(variant, size, batch)
+    run(Timer())  # warm-up
+    timer = Timer()
+    start = time.perf_counter()
+    image = run(timer)
+    total = time.perf_counter() - start
+    if out_image:
+        import torch
+
+        torch.save(image[:1].clone(), out_image)
+    print(json.dumps({"variant": variant, "size": size, "batch": batch, "total": total, **timer.stages,
+                      "peak_gib": _peak_gib()}))
+
+
+def _ensure_models():
+    host.init_in_process()  # the model factory uses the host's key maps and TAESD classes
+    from tests.support import turbo_models
+
+    bench = host.HOME / "bench"
+    turbo_models.build_full_size_sd21(bench / CKPT, bench / "sd21_full_random_diffusers")
+    link = host.BASE_DIR / "models" / "checkpoints" / CKPT
+    if not link.exists():
+        os.symlink(bench / CKPT, link)
+    taesd = turbo_models.build_taesd()
+    for src in taesd.glob("*.safetensors"):
+        dst = host.BASE_DIR / "models" / "vae_approx" / src.name
+        if not dst.exists():
+            os.symlink(src, dst)
+
+
+def _psnr(a, b) -> float:
+    import torch
+
+    mse = torch.mean((a - b) ** 2).item()
+    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1.0 / mse)).item()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sizes", default="512")
+    parser.add_argument("--batches", default="1")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--out", default=str(REPO / "bench" / "results.md"))
+    parser.add_argument("--child", nargs=4, metavar=("VARIANT", "SIZE", "BATCH", "IMAGE"))
+    args = parser.parse_args()
+    if args.child:
+        variant, size, batch, image = args.child
+        child(variant, int(size), int(batch), image if image != "-" else None)
+        return 0
+
+    _ensure_models()
+    variants = args.variants.split(",")
+    configs = [(int(s), int(b)) for s in args.sizes.split(",") for b in args.batches.split(",")]
+    results, images = [], {}
+    for round_index in range(args.rounds):
+        for size, batch in configs:
+            for variant in variants:
+                image = host.HOME / "bench" / f"img_{variant}_{size}.pt" if round_index == 0 and batch == 1 else None
+                proc = subprocess.run([sys.executable, __file__, "--child", variant, str(size), str(batch),
+                                       str(image) if image else "-"], capture_output=True, text=True)
+                if proc.returncode != 0:
+                    print(f"{variant} {size} x{batch} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+                    return 1
+                row = json.loads(proc.stdout.strip().splitlines()[-1])
+                results.append(row)
+                if image:
+                    images[(variant, size)] = image
+                print(f"round {round_index + 1} {variant:20s} {size:4d}px x{batch}: {row['total']:7.2f} s "
+                      f"(text {row.get('text', 0):.2f}, unet {row.get('unet', 0):.2f}, decode {row.get('decode', 0):.2f})"
+                      f" peak {row['peak_gib']:.2f} GiB", flush=True)
+    report = _report(results, images, variants, configs)
+    Path(args.out).write_text(report)
+    print("\n" + report)
+    print(f"written to {args.out}")
+    return 0
+
+
+def _report(results, images, variants, configs) -> str:
+    import torch
+
+    lines = ["# ADD Turbo speed, SD-Turbo (SD 2.1 sizes, random weights), 1 step\n",
+             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+             f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}. Median (min) seconds of the rounds; "
+             "each run after an untimed warm-up in its own process.\n"]
+    for size, batch in configs:
+        lines += [f"\n## {size}x{size}, batch {batch}\n",
+                  "| variant | end to end | text | UNet | decode | vs stock | peak RSS GiB |", "|---|---|---|---|---|---|---|"]
+        rows = {v: [r for r in results if r["variant"] == v and r["size"] == size and r["batch"] == batch] for v in variants}
+        stock = statistics.median(r["total"] for r in rows["stock"]) if rows.get("stock") else None
+        for variant in variants:
+            rs = rows[variant]
+            med = {k: statistics.median(r.get(k, 0.0) for r in rs) for k in ("total", "text", "unet", "decode")}
+            ratio = f"{med['total'] / stock:.2f}x" if stock else "-"
+            lines.append(f"| {VARIANTS[variant]} | {med['total']:.2f} ({min(r['total'] for r in rs):.2f}) | "
+                         f"{med['text']:.2f} | {med['unet']:.2f} | {med['decode']:.2f} | {ratio} | "
+                         f"{max(r['peak_gib'] for r in rs):.2f} |")
+    for size, _ in configs:
+        if ("stock", size) in images and ("pack_exact", size) in images:
+            a, b = torch.load(images[("stock", size)]), torch.load(images[("pack_exact", size)])
+            lines.append(f"\nExact path vs stock at {size}: max |image diff| {(a - b).abs().max().item() * 255:.2f}/255")
+        if ("pack_exact", size) in images and ("pack_fast", size) in images:
+            a, b = torch.load(images[("pack_exact", size)]), torch.load(images[("pack_fast", size)])
+            lines.append(f"\nFast path vs exact at {size}: PSNR {_psnr(a, b):.1f} dB (random weights: the TAESD "
+                         "decoder here is untrained, so this says little about real images)")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
