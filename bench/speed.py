@@ -194,8 +194,11 @@ def main() -> int:
                 proc = subprocess.run([sys.executable, __file__, "--child", variant, str(size), str(batch),
                                        str(image) if image else "-"], capture_output=True, text=True)
                 if proc.returncode != 0:
-                    print(f"{variant} {size} x{batch} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
-                    return 1
+                    # e.g. killed for memory (exit -9): recorded as a result, the run goes on
+                    print(f"round {round_index + 1} {variant:20s} {size:4d}px x{batch}: FAILED (exit "
+                          f"{proc.returncode}) {proc.stderr.strip().splitlines()[-1:] or ''}", flush=True)
+                    results.append({"variant": variant, "size": size, "batch": batch, "failed": proc.returncode})
+                    continue
                 row = json.loads(proc.stdout.strip().splitlines()[-1])
                 results.append(row)
                 if image:
@@ -220,10 +223,16 @@ def _report(results, images, variants, configs) -> str:
     for size, batch in configs:
         lines += [f"\n## {size}x{size}, batch {batch}\n",
                   "| variant | end to end | text | UNet | decode | vs stock | peak RSS GiB |", "|---|---|---|---|---|---|---|"]
-        rows = {v: [r for r in results if r["variant"] == v and r["size"] == size and r["batch"] == batch] for v in variants}
+        rows = {v: [r for r in results if r["variant"] == v and r["size"] == size and r["batch"] == batch
+                    and "failed" not in r] for v in variants}
         stock = statistics.median(r["total"] for r in rows["stock"]) if rows.get("stock") else None
         for variant in variants:
             rs = rows[variant]
+            if not rs:
+                codes = {r["failed"] for r in results if r["variant"] == variant and r["size"] == size and r["batch"] == batch}
+                lines.append(f"| {VARIANTS[variant]} | failed (exit {', '.join(map(str, codes))}; -9 = killed, "
+                             "usually out of memory) | | | | | |")
+                continue
             med = {k: statistics.median(r.get(k, 0.0) for r in rs) for k in ("total", "text", "unet", "decode")}
             ratio = f"{med['total'] / stock:.2f}x" if stock else "-"
             lines.append(f"| {VARIANTS[variant]} | {med['total']:.2f} ({min(r['total'] for r in rs):.2f}) | "
