@@ -7,7 +7,6 @@ Run with the host's Python: ~/.cache/add-turbo/venv/bin/python scripts/make_thum
 from __future__ import annotations
 
 import json
-import socket
 import sys
 from pathlib import Path
 
@@ -22,10 +21,7 @@ def main() -> int:
     from PIL import Image
     from playwright.sync_api import sync_playwright
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = host.Server(port).wait_ready()
+    server = host.start_server()
     try:
         with sync_playwright() as playwright:
             editor = Editor(playwright, server.url, width=2000, height=1150)

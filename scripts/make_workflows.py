@@ -7,7 +7,6 @@ Run after changing a node's inputs: scripts/bench.sh is not needed; use the host
 from __future__ import annotations
 
 import json
-import socket
 import sys
 from pathlib import Path
 
@@ -115,10 +114,7 @@ WORKFLOWS = {
 
 
 def main() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = host.Server(port).wait_ready()
+    server = host.start_server()
     try:
         info = ComfyClient(server.url).object_info()
     finally:

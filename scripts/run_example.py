@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import sys
 from pathlib import Path
 
@@ -45,10 +44,7 @@ def main() -> int:
     args = parser.parse_args()
 
     ckpt_name, size = _checkpoint(args)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = host.Server(port)
+    server = host.Server(host.free_port())
     try:
         server.wait_ready()
         client = ComfyClient(server.url)

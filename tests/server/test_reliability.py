@@ -1,7 +1,6 @@
 """Reliability through a real server: bad graphs, load, interrupts, long sessions, determinism."""
 
 import json
-import socket
 import threading
 import time
 
@@ -167,11 +166,6 @@ def test_two_clients_each_get_their_own_results(server, tiny_models):
         assert image["filename"].startswith(f"client_{tag}")
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_interrupt_stops_within_one_step_and_the_next_prompt_matches_a_fresh_server(server, client, tiny_models):
     name = tiny_models[SD].single_file.name
@@ -205,7 +199,7 @@ def test_interrupt_stops_within_one_step_and_the_next_prompt_matches_a_fresh_ser
     assert latency <= steps[-1] + 0.5  # the step in flight finishes, then the run stops
     assert requests.get(server.url + "/system_stats", timeout=10).ok
     after = client.run(txt2img_prompt(name, seed=8, steps=2, size=64, prefix="after_interrupt"))
-    fresh = host.Server(_free_port()).wait_ready()
+    fresh = host.start_server()
     try:
         other = ComfyClient(fresh.url)
         reference = other.run(txt2img_prompt(name, seed=8, steps=2, size=64, prefix="after_interrupt"))
@@ -222,7 +216,7 @@ def test_determinism_across_runs_restarts_and_batches(server, client, tiny_model
     requests.post(server.url + "/free", json={"free_memory": True, "unload_models": True}, timeout=30)
     second = _pngs(client, client.run(prompt))
     assert first == second
-    restarted = host.Server(_free_port()).wait_ready()
+    restarted = host.start_server()
     try:
         other = ComfyClient(restarted.url)
         assert _pngs(other, other.run(prompt)) == first

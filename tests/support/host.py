@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -57,6 +58,18 @@ def init_in_process(base: Path = BASE_DIR) -> None:
     import nodes
 
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(base: Path = BASE_DIR) -> "Server":
+    """A development-host server on a free loopback port, ready to take requests."""
+    return Server(free_port(), base).wait_ready()
 
 
 class Server:
