@@ -119,6 +119,13 @@ function onExecutionEnd({ detail }) {
 function onExecuted({ detail }) {
   const node = app.graph?.getNodeById?.(Number(detail?.node));
   if (node && LIVE_NODES.has(node.comfyClass)) node.addTurboBatch = detail?.output?.images?.length || 1;
+  // The loader reports its compile warm-up (compile option): show it above the node.
+  const message = detail?.output?.text?.[0];
+  if (node?.comfyClass === "ADDTurboLoader" && typeof message === "string") {
+    const warmUp = message.match(/warm-up ([\d.]+ s)/);
+    node.addTurboLastRun = warmUp ? `compiled, warm-up ${warmUp[1]}` : message;
+    node.setDirtyCanvas?.(true, false);
+  }
 }
 
 app.registerExtension({

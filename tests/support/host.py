@@ -26,12 +26,16 @@ def require_host() -> None:
         raise RuntimeError(f"no ComfyUI host at {COMFY_DIR}: run scripts/build_host.sh first")
 
 
-def base_args(base: Path = BASE_DIR) -> list[str]:
-    return [*HOST_FLAGS, "--base-directory", str(base), "--database-url", f"sqlite:///{base}/user/comfyui.db"]
+# On a GPU machine: the host's own device and precision choices, as a user gets them.
+GPU_HOST_FLAGS = ["--disable-api-nodes"]
 
 
-def init_in_process(base: Path = BASE_DIR) -> None:
-    """Import ComfyUI into this process (CPU, given base directory) and load every node incl. this pack."""
+def base_args(base: Path = BASE_DIR, flags: list[str] = HOST_FLAGS) -> list[str]:
+    return [*flags, "--base-directory", str(base), "--database-url", f"sqlite:///{base}/user/comfyui.db"]
+
+
+def init_in_process(base: Path = BASE_DIR, flags: list[str] = HOST_FLAGS) -> None:
+    """Import ComfyUI into this process (CPU unless other flags are given) and load every node incl. this pack."""
     require_host()
     if "nodes" in sys.modules and hasattr(sys.modules["nodes"], "NODE_CLASS_MAPPINGS"):
         return
@@ -42,7 +46,7 @@ def init_in_process(base: Path = BASE_DIR) -> None:
     import_utils.is_torchvision_available()
     sys.path[:0] = [str(COMFY_DIR), str(STUBS_DIR)]
     argv = sys.argv
-    sys.argv = [str(COMFY_DIR / "main.py"), *base_args(base)]
+    sys.argv = [str(COMFY_DIR / "main.py"), *base_args(base, flags)]
     try:
         import comfy.options
 

@@ -135,32 +135,45 @@ def _build_sd_turbo(full_size: bool = False):
     return pipe, single
 
 
-def _full_vae(seed: int):
+def _full_vae(seed: int, scaling_factor: float = 0.18215):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
     return AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
                          down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                         scaling_factor=0.18215, sample_size=512)
+                         scaling_factor=scaling_factor, sample_size=512)
 
 
-def _build_sdxl_turbo():
+def _build_sdxl_turbo(full_size: bool = False):
+    """SDXL-Turbo: tiny, or with the real SDXL sizes (2.6B UNet, CLIP-L + OpenCLIP-bigG) for speed runs."""
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    size_embed = 8
     torch.manual_seed(11)
-    unet = UNet2DConditionModel(
-        sample_size=64, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(64, 128),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 2), cross_attention_dim=2 * TEXT_HIDDEN, attention_head_dim=(1, 2),
-        use_linear_projection=True, norm_num_groups=32, addition_embed_type="text_time",
-        addition_time_embed_dim=size_embed, projection_class_embeddings_input_dim=TEXT_HIDDEN + 6 * size_embed)
+    if full_size:
+        size_embed, pooled = 256, 1280
+        unet = UNet2DConditionModel(
+            sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2, 10), cross_attention_dim=2048, attention_head_dim=(5, 10, 20),
+            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=size_embed,
+            projection_class_embeddings_input_dim=pooled + 6 * size_embed)
+        text_l, text_g = dict(layers=12, hidden=768), dict(layers=32, hidden=1280)
+    else:
+        size_embed = 8
+        unet = UNet2DConditionModel(
+            sample_size=64, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(64, 128),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2), cross_attention_dim=2 * TEXT_HIDDEN, attention_head_dim=(1, 2),
+            use_linear_projection=True, norm_num_groups=32, addition_embed_type="text_time",
+            addition_time_embed_dim=size_embed, projection_class_embeddings_input_dim=TEXT_HIDDEN + 6 * size_embed)
+        text_l = text_g = dict(layers=3, hidden=TEXT_HIDDEN)
     torch.manual_seed(12)
-    clip_l = CLIPTextModel(_clip_config(3, "quick_gelu"))
+    clip_l = CLIPTextModel(_clip_config(text_l["layers"], "quick_gelu", hidden=text_l["hidden"]))
     torch.manual_seed(13)
-    clip_g = CLIPTextModelWithProjection(_clip_config(3, "gelu"))
-    vae = _vae(0.13025, seed=14)
+    clip_g = CLIPTextModelWithProjection(_clip_config(text_g["layers"], "gelu", hidden=text_g["hidden"]))
+    vae = _full_vae(seed=14, scaling_factor=0.13025) if full_size else _vae(0.13025, seed=14)
     pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=clip_l, text_encoder_2=clip_g, tokenizer=_tokenizer("<|endoftext|>"),
                                      tokenizer_2=_tokenizer("!"), unet=unet, scheduler=_scheduler(ancestral=True))
     single = {**_unet_keys(unet), **_vae_keys(vae),
@@ -192,6 +205,12 @@ def build_full_size_sd21(path: Path, diffusers_dir: Path | None = None) -> Path:
     if diffusers_dir is not None:
         pipe.save_pretrained(diffusers_dir, safe_serialization=True)
     return path
+
+
+def full_size(family: str):
+    """(diffusers pipeline, single-file state dict) of a random-weight model with the real sizes, in memory."""
+    with torch.no_grad():
+        return BUILDERS[family](full_size=True)
 
 
 def build(family: str, cache: Path = CACHE) -> TurboModel:

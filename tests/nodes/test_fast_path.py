@@ -1,0 +1,69 @@
+"""The loader's speed options: prompt cache, channels_last, torch.compile (CPU inductor here)."""
+
+import pytest
+import torch
+
+from tests.support import graphs as g
+
+SIZE, PROMPT = 64, "a lighthouse at dusk"
+
+
+def _load(name, **options):
+    return g.run(g.builtin("ADDTurboLoader"), ckpt_name=name, **options)
+
+
+def _image(model, clip, vae):
+    return g.decode(vae, g.turbo_sample(model, g.encode(clip, PROMPT), g.empty_latent(SIZE), seed=5, steps=2))
+
+
+@pytest.fixture(scope="module")
+def sd_turbo(tiny_models):
+    return tiny_models["sd_turbo"].single_file.name
+
+
+def test_prompt_cache_hits_only_for_the_same_prompt_layer_and_patches(sd_turbo):
+    _, clip, _ = _load(sd_turbo)
+    first = g.encode(clip, PROMPT)
+    assert clip.prompt_cache_hits == 0
+    again = g.encode(clip, PROMPT)
+    assert clip.prompt_cache_hits == 1
+    assert again[0][0] is first[0][0]  # the very tensor: no encoder run
+
+    other = g.encode(clip, PROMPT + " in fog")
+    assert clip.prompt_cache_hits == 1 and not torch.equal(other[0][0], first[0][0])
+
+    (skipped,) = g.run(g.builtin("CLIPSetLastLayer"), clip=clip, stop_at_clip_layer=-1)
+    shallower = g.encode(skipped, PROMPT)
+    assert not torch.equal(shallower[0][0], first[0][0])  # another layer: encoded anew
+
+    patched = clip.clone()
+    key = next(k for k in patched.patcher.model_state_dict() if k.endswith("final_layer_norm.bias"))
+    assert patched.add_patches({key: ("diff", (torch.ones_like(patched.patcher.model_state_dict()[key]),))})
+    changed = g.encode(patched, PROMPT)
+    assert not torch.equal(changed[0][0], first[0][0])  # a patched encoder (e.g. a LoRA) never hits
+    assert torch.equal(g.encode(clip, PROMPT)[0][0], first[0][0])  # and the original still does
+
+
+def test_channels_last_gives_the_same_image(sd_turbo):
+    exact = _image(*_load(sd_turbo))
+    model, clip, vae = _load(sd_turbo, channels_last=True)
+    conv = model.model.diffusion_model.input_blocks[0][0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    diff = (_image(model, clip, vae) - exact).abs().max().item()
+    print(f"\nFAST channels_last vs exact: max|image diff|={diff:.2e}")
+    assert diff <= 1e-5
+
+
+def test_compiled_path_reports_its_warm_up_and_gives_the_same_image(sd_turbo):
+    exact = _image(*_load(sd_turbo))
+    output = g.builtin("ADDTurboLoader").execute(ckpt_name=sd_turbo, channels_last=True, compile="inductor")
+    (message,) = output.ui["text"]
+    assert "warm-up" in message and "512x512" in message
+    diff = (_image(*output.result) - exact).abs().max().item()
+    print(f"\nFAST compiled (inductor, CPU) vs exact: max|image diff|={diff:.2e}; {message}")
+    assert diff <= 1e-5
+
+
+def test_cuda_graphs_are_refused_off_the_gpu_with_the_fix(sd_turbo):
+    with pytest.raises(ValueError, match="needs a CUDA GPU.*choose 'inductor' or 'off'"):
+        _load(sd_turbo, compile="inductor + cuda graphs")
