@@ -11,7 +11,7 @@ import time
 import comfy.sd
 import torch
 from comfy.patcher_extension import WrappersMP
-from comfy_api.torch_helpers.torch_compile import COMPILE_KEY, apply_torch_compile_factory, set_torch_compile_wrapper
+from comfy_api.torch_helpers.torch_compile import COMPILE_KEY, apply_torch_compile_factory
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +42,20 @@ def _copies(out):
     return type(out)(_copies(o) for o in out) if isinstance(out, (tuple, list)) else out
 
 
-def _compile(fn, compile_mode: str):
+def _compile(fn, compile_mode: str, freeze: bool = False):
     """torch.compile `fn`; with CUDA graphs, each call is one graph replay that returns copies.
 
     Each call begins a new graph step, so the replay may reuse the buffers of the previous one
     (without it, a still-referenced earlier output makes the graph trees record a new graph on
     every other call), and the copies mean nothing a caller keeps is overwritten by a later replay.
+    `freeze` folds the weights into the graph as constants (prepacked for the CPU's conv and
+    matmul kernels): faster on CPU, but blind to later weight changes (see _CompiledUNet).
     """
     mode = COMPILE_MODES[compile_mode]
-    compiled = torch.compile(fn, backend="inductor", mode=mode, dynamic=False)
+    if freeze:
+        compiled = torch.compile(fn, backend="inductor", options={"freezing": True}, dynamic=False)
+    else:
+        compiled = torch.compile(fn, backend="inductor", mode=mode, dynamic=False)
     if mode != "reduce-overhead":
         return compiled
 
@@ -65,13 +70,17 @@ class _CompiledUNet(torch.nn.Module):
     """The compiled UNet as a module: the host swaps it in for `diffusion_model` while sampling.
 
     Attributes the host reads (dtype, ...) come from the UNet itself, which is not registered as a
-    submodule: no second registration of its weights.
+    submodule: no second registration of its weights. A graph with frozen weights is used only while
+    the weights are those it was compiled with: once the host patches them (a LoRA on a clone of the
+    model, say), the UNet runs uncompiled rather than with stale weights.
     """
 
-    def __init__(self, unet, run):
+    def __init__(self, unet, run, base_model=None):
         super().__init__()
         object.__setattr__(self, "unet", unet)
+        object.__setattr__(self, "base_model", base_model)  # set when the weights are frozen
         self.run = run
+        self.frozen_weights = None
 
     def __getattr__(self, name):
         try:
@@ -80,19 +89,26 @@ class _CompiledUNet(torch.nn.Module):
             return getattr(object.__getattribute__(self, "unet"), name)
 
     def forward(self, *args, **kwargs):
+        if self.base_model is not None:
+            weights = getattr(self.base_model, "current_weight_patches_uuid", None)
+            if self.frozen_weights is None:
+                self.frozen_weights = ("uuid", weights)
+            elif self.frozen_weights != ("uuid", weights):
+                log.warning("ADD Turbo: the UNet's weights changed since it was compiled (a LoRA or other patch): "
+                            "running it uncompiled; load the model again to compile the patched weights")
+                return self.unet(*args, **kwargs)
         return self.run(*args, **kwargs)
 
 
 def compile_unet(patcher, compile_mode: str) -> None:
-    """Compile the UNet for sampling, through the host's apply_model compile wrapper.
+    """Compile the UNet for sampling, swapped in through the host's apply_model compile wrapper.
 
+    On CPU the weights are frozen into the graph (oneDNN prepacking); elsewhere they stay inputs.
     Shapes are static: a new image size or batch compiles once more (the first run at it is slow).
     """
-    if COMPILE_MODES[compile_mode] != "reduce-overhead":
-        set_torch_compile_wrapper(model=patcher, backend="inductor", mode=COMPILE_MODES[compile_mode], dynamic=False)
-        return
     unet = patcher.get_model_object("diffusion_model")
-    compiled = _CompiledUNet(unet, _compile(unet, compile_mode))
+    freeze = patcher.load_device.type == "cpu"
+    compiled = _CompiledUNet(unet, _compile(unet, compile_mode, freeze), patcher.model if freeze else None)
     patcher.remove_wrappers_with_key(WrappersMP.APPLY_MODEL, COMPILE_KEY)
     patcher.add_wrapper_with_key(WrappersMP.APPLY_MODEL, COMPILE_KEY,
                                  apply_torch_compile_factory({"diffusion_model": compiled}))

@@ -1,4 +1,4 @@
-"""The loader's speed options: prompt cache, channels_last, torch.compile (CPU inductor here)."""
+"""The loader's speed options: prompt cache, channels_last (default), torch.compile (CPU inductor here)."""
 
 import pytest
 import torch
@@ -44,19 +44,19 @@ def test_prompt_cache_hits_only_for_the_same_prompt_layer_and_patches(sd_turbo):
     assert torch.equal(g.encode(clip, PROMPT)[0][0], first[0][0])  # and the original still does
 
 
-def test_channels_last_gives_the_same_image(sd_turbo):
-    exact = _image(*_load(sd_turbo))
-    model, clip, vae = _load(sd_turbo, channels_last=True)
+def test_channels_last_default_gives_the_same_image_as_the_host_layout(sd_turbo):
+    host_layout = _image(*_load(sd_turbo, channels_last=False))
+    model, clip, vae = _load(sd_turbo)  # default: channels_last
     conv = model.model.diffusion_model.input_blocks[0][0].weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
-    diff = (_image(model, clip, vae) - exact).abs().max().item()
-    print(f"\nFAST channels_last vs exact: max|image diff|={diff:.2e}")
+    diff = (_image(model, clip, vae) - host_layout).abs().max().item()
+    print(f"\nFAST channels_last vs host layout: max|image diff|={diff:.2e}")
     assert diff <= 1e-5
 
 
 def test_compiled_path_reports_its_warm_up_and_gives_the_same_image(sd_turbo):
     exact = _image(*_load(sd_turbo))
-    output = g.builtin("ADDTurboLoader").execute(ckpt_name=sd_turbo, channels_last=True, compile="inductor")
+    output = g.builtin("ADDTurboLoader").execute(ckpt_name=sd_turbo, compile="inductor")
     (message,) = output.ui["text"]
     assert "warm-up" in message and "512x512" in message
     diff = (_image(*output.result) - exact).abs().max().item()
@@ -67,3 +67,24 @@ def test_compiled_path_reports_its_warm_up_and_gives_the_same_image(sd_turbo):
 def test_cuda_graphs_are_refused_off_the_gpu_with_the_fix(sd_turbo):
     with pytest.raises(ValueError, match="needs a CUDA GPU.*choose 'inductor' or 'off'"):
         _load(sd_turbo, compile="inductor + cuda graphs")
+
+
+def _with_patch(model):
+    """A clone whose UNet output bias is shifted, the way a LoRA patches weights."""
+    patched = model.clone()
+    weights = patched.model_state_dict()
+    key = next(k for k in weights if k.endswith("diffusion_model.out.2.bias"))
+    assert patched.add_patches({key: ("diff", (torch.full_like(weights[key], 0.5),))})
+    return patched
+
+
+def test_compiled_unet_with_frozen_weights_never_runs_stale_weights(sd_turbo):
+    eager_model, clip, vae = _load(sd_turbo)
+    compiled_model, _, _ = _load(sd_turbo, compile="inductor")  # CPU: weights frozen into the graph
+    exact = _image(eager_model, clip, vae)
+    want = _image(_with_patch(eager_model), clip, vae)
+    assert (want - exact).abs().max() > 1e-3  # the patch matters
+    got = _image(_with_patch(compiled_model), clip, vae)
+    assert (got - want).abs().max().item() <= 1e-5  # patched weights used, not the frozen ones
+    again = _image(compiled_model, clip, vae)  # the unpatched model compiled again as before
+    assert (again - exact).abs().max().item() <= 1e-5
