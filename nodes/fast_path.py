@@ -191,3 +191,27 @@ class CachedTextCLIP(comfy.sd.CLIP):
                 self.prompt_cache.popitem(last=False)
         # callers pop from and add to the dict they get: hand out a fresh one each time
         return dict(out) if isinstance(out, dict) else out
+
+
+def compute_text_encoders_in(clip, dtype: torch.dtype) -> None:
+    """Make the text encoders compute in `dtype` (their weights' dtype), not fp32.
+
+    The host runs every text encoder's activations in fp32 and casts each weight up to it on every
+    call; with bf16 weights on CPU that halves the speed of the encode. Outputs are still returned
+    in fp32 by the host.
+    """
+    from comfy.clip_model import CLIPTextModel_
+
+    for module in clip.cond_stage_model.modules():
+        if isinstance(module, CLIPTextModel_):
+            module.forward = _with_dtype(module.forward, dtype)
+
+
+def _with_dtype(forward, dtype):
+    def run(*args, **kwargs):
+        kwargs["dtype"] = dtype
+        if kwargs.get("embeds") is not None:  # the host hands over fp32 token embeddings
+            kwargs["embeds"] = kwargs["embeds"].to(dtype)
+        return forward(*args, **kwargs)
+
+    return run

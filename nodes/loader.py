@@ -188,6 +188,8 @@ def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full", att
         raise CheckpointError(path, f"the text encoder is incomplete ({len(missing)} tensors missing, e.g. {missing[0]})",
                               "The file is damaged: download it again")
     del sd, clip_sd
+    if weight_dtype == "bf16" and load_device.type == "cpu":
+        fast_path.compute_text_encoders_in(clip, torch.bfloat16)
     if channels_last:
         fast_path.use_channels_last(patcher, vae)
     if compile_mode != "off":

@@ -79,6 +79,14 @@ def test_bf16_computes_in_bf16_on_cpu(tiny_models):
     model, clip, vae = _load(tiny_models["sd_turbo"].single_file.name, weight_dtype="bf16")
     assert model.model.get_dtype() == torch.bfloat16 and model.model.manual_cast_dtype is None
     assert vae.vae_dtype == torch.bfloat16
+    from comfy.clip_model import CLIPEncoder
+
+    seen = []
+    encoder = next(m for m in clip.cond_stage_model.modules() if isinstance(m, CLIPEncoder))
+    handle = encoder.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    g.encode(clip, "a red kite")
+    handle.remove()
+    assert seen == [torch.bfloat16]  # the text encoder's layers compute in bf16, not the host's fp32
     exact = _image(*_load(tiny_models["sd_turbo"].single_file.name))
     fast = _image(model, clip, vae)
     diff = (exact - fast).abs().max().item()
