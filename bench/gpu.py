@@ -25,6 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench import graphs  # noqa: E402
 from tests.support import host  # noqa: E402
 
 PROMPT = "a cinematic photo of a red fox in the snow, golden hour"
@@ -100,38 +101,21 @@ def comfy_runner(variant: str, family: str, ckpt: str):
 
     import nodes
 
-    mapping = nodes.NODE_CLASS_MAPPINGS
-    info = ""
-    if variant == "stock":
-        model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint(ckpt)[:3]
-    else:
-        options = {}
-        if variant.startswith("pack_fast"):
-            options = dict(weight_dtype="fp16", decoder="taesd", attention="sdpa", channels_last=True)
-            if variant == "pack_fast_inductor" or (variant != "pack_fast_eager" and DEVICE != "cuda"):
-                options["compile"] = "inductor"
-            elif variant != "pack_fast_eager":
-                options["compile"] = "inductor + cuda graphs"
-        out = mapping["ADDTurboLoader"].execute(ckpt_name=ckpt, **options)
-        model, clip, vae = out.result
-        info = (out.ui or {}).get("text", [""])[0]
+    options = {}
+    if variant.startswith("pack_fast"):
+        options = dict(weight_dtype="fp16", decoder="taesd", attention="sdpa", channels_last=True)
+        if variant == "pack_fast_inductor" or (variant != "pack_fast_eager" and DEVICE != "cuda"):
+            options["compile"] = "inductor"
+        elif variant != "pack_fast_eager":
+            options["compile"] = "inductor + cuda graphs"
+    model, clip, vae, info = graphs.load(ckpt, variant == "stock", **options)
     latent = {"samples": torch.zeros([1, 4, SIZE // 8, SIZE // 8])}
-    if variant == "stock":
-        (sigmas,) = mapping["SDTurboScheduler"].execute(model=model, steps=1, denoise=1.0).result
-        (sampler,) = mapping["KSamplerSelect"].execute(sampler_name="euler_ancestral").result
 
     def run(prompt):
         stages = Stages()
         (cond,) = nodes.CLIPTextEncode().encode(clip, prompt)
         stages.mark("text")
-        if variant == "stock":
-            out = mapping["SamplerCustom"].execute(model=model, add_noise=True, noise_seed=SEED, cfg=1.0, positive=cond,
-                                                   negative=cond, sampler=sampler, sigmas=sigmas,
-                                                   latent_image=latent).result[0]
-        else:
-            out = mapping["ADDTurboSample"].execute(model=model, positive=cond, latent_image=latent, seed=SEED, steps=1,
-                                                    strength=1.0, spacing="trailing", sampler="euler_ancestral",
-                                                    eta=1.0).result[0]
+        out = graphs.sample(model, cond, latent, SEED, variant == "stock", spacing="trailing")
         stages.mark("unet")
         (image,) = nodes.VAEDecode().decode(vae, out)
         image.cpu()

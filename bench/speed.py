@@ -24,6 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench import graphs  # noqa: E402
 from tests.support import host  # noqa: E402
 
 CKPT = "bench_sd21_full_random.safetensors"
@@ -59,16 +60,12 @@ def _comfy_variant(variant, size, batch):
 
     import nodes
 
-    if variant == "stock":
-        model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint(CKPT)[:3]
-    else:
-        options = {}
-        if variant.startswith("pack_fast"):
-            options = {"weight_dtype": "bf16", "decoder": "taesd"}
-        if variant == "pack_fast_compile":
-            options["compile"] = "inductor"
-        model, clip, vae = nodes.NODE_CLASS_MAPPINGS["ADDTurboLoader"].execute(ckpt_name=CKPT, **options).result
-    mapping = nodes.NODE_CLASS_MAPPINGS
+    options = {}
+    if variant.startswith("pack_fast"):
+        options = {"weight_dtype": "bf16", "decoder": "taesd"}
+    if variant == "pack_fast_compile":
+        options["compile"] = "inductor"
+    model, clip, vae, _ = graphs.load(CKPT, variant == "stock", **options)
 
     def run(timer, prompt):
         t = time.perf_counter()
@@ -76,16 +73,7 @@ def _comfy_variant(variant, size, batch):
         timer.add("text", time.perf_counter() - t)
         latent = {"samples": torch.zeros([batch, 4, size // 8, size // 8])}
         t = time.perf_counter()
-        if variant == "stock":
-            (sigmas,) = mapping["SDTurboScheduler"].execute(model=model, steps=1, denoise=1.0).result
-            (sampler,) = mapping["KSamplerSelect"].execute(sampler_name="euler_ancestral").result
-            out = mapping["SamplerCustom"].execute(model=model, add_noise=True, noise_seed=SEED, cfg=1.0, positive=cond,
-                                                   negative=cond, sampler=sampler, sigmas=sigmas,
-                                                   latent_image=latent).result[0]
-        else:
-            out = mapping["ADDTurboSample"].execute(model=model, positive=cond, latent_image=latent, seed=SEED, steps=1,
-                                                    strength=1.0, spacing="sai", sampler="euler_ancestral",
-                                                    eta=1.0).result[0]
+        out = graphs.sample(model, cond, latent, SEED, variant == "stock")
         timer.add("unet", time.perf_counter() - t)
         t = time.perf_counter()
         (image,) = nodes.VAEDecode().decode(vae, out)

@@ -6,7 +6,6 @@ rounding may differ), the prompt cache returns the very tensors a previous encod
 
 import collections
 import logging
-import time
 
 import comfy.sd
 import torch
@@ -19,6 +18,7 @@ log = logging.getLogger(__name__)
 # launch per UNet call instead of hundreds; on GPU only).
 COMPILE_MODES = {"off": None, "inductor": "default", "inductor + cuda graphs": "reduce-overhead"}
 PROMPT_CACHE_SIZE = 16
+_NOT_YET = object()  # no UNet call seen yet
 
 
 def check_compile(compile_mode: str, device: torch.device) -> None:
@@ -80,7 +80,7 @@ class _CompiledUNet(torch.nn.Module):
         object.__setattr__(self, "unet", unet)
         object.__setattr__(self, "base_model", base_model)  # set when the weights are frozen
         self.run = run
-        self.frozen_weights = None
+        self.frozen_weights = _NOT_YET
 
     def __getattr__(self, name):
         try:
@@ -91,9 +91,9 @@ class _CompiledUNet(torch.nn.Module):
     def forward(self, *args, **kwargs):
         if self.base_model is not None:
             weights = getattr(self.base_model, "current_weight_patches_uuid", None)
-            if self.frozen_weights is None:
-                self.frozen_weights = ("uuid", weights)
-            elif self.frozen_weights != ("uuid", weights):
+            if self.frozen_weights is _NOT_YET:
+                self.frozen_weights = weights
+            elif self.frozen_weights != weights:
                 log.warning("ADD Turbo: the UNet's weights changed since it was compiled (a LoRA or other patch): "
                             "running it uncompiled; load the model again to compile the patched weights")
                 return self.unet(*args, **kwargs)
@@ -135,14 +135,6 @@ def _unmutated_input(forward):
         return forward(x.clone(), mask, intermediate_output)
 
     return encoder
-
-
-def warm_up(run_once, runs: int) -> float:
-    """Run `run_once` `runs` times (compile, then CUDA-graph recording) and return the seconds taken."""
-    start = time.perf_counter()
-    for _ in range(runs):
-        run_once()
-    return time.perf_counter() - start
 
 
 def _freeze(value):

@@ -5,6 +5,7 @@ Everything is built with the host's own classes; the core package decides the fa
 
 import logging
 import os
+import time
 
 import comfy.model_detection
 import comfy.model_management as mm
@@ -163,7 +164,8 @@ def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full", att
     if sd is None:
         sd = _read_tensors(path, lambda key: not key.startswith(prefix))
 
-    vae_dtype = torch.bfloat16 if (weight_dtype == "bf16" and load_device.type == "cpu") else None
+    cpu_bf16 = weight_dtype == "bf16" and load_device.type == "cpu"  # bf16 compute everywhere, not just storage
+    vae_dtype = torch.bfloat16 if cpu_bf16 else None
     if decoder == "taesd":
         vae = _taesd(info.family, path, vae_dtype)
     else:
@@ -175,8 +177,8 @@ def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full", att
 
     clip_sd = model_config.process_clip_state_dict(sd)
     te_options = {f"{spec.name}_model_config": spec.config_overrides() for spec in info.text_encoders}
-    if weight_dtype == "bf16" and load_device.type == "cpu":
-        te_options["dtype"] = torch.bfloat16  # the fast path: the text encoder computes in bf16 too
+    if cpu_bf16:
+        te_options["dtype"] = torch.bfloat16
     elif (dtype := text_encoder_dtype(load_device)) is not None:
         te_options["dtype"] = dtype
     clip = fast_path.CachedTextCLIP(model_config.clip_target(state_dict=sd), tokenizer_data=clip_sd,
@@ -188,7 +190,7 @@ def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full", att
         raise CheckpointError(path, f"the text encoder is incomplete ({len(missing)} tensors missing, e.g. {missing[0]})",
                               "The file is damaged: download it again")
     del sd, clip_sd
-    if weight_dtype == "bf16" and load_device.type == "cpu":
+    if cpu_bf16:
         fast_path.compute_text_encoders_in(clip, torch.bfloat16)
     if channels_last:
         fast_path.use_channels_last(patcher, vae)
@@ -262,8 +264,10 @@ def warm_up_compiled(model, clip, vae, compile_mode: str, size: int = 512) -> st
     positive = clip.encode_from_tokens_scheduled(clip.tokenize(""))
     latent = torch.zeros([1, model.model.latent_format.latent_channels, size // 8, size // 8])
     runs = 3 if fast_path.COMPILE_MODES[compile_mode] == "reduce-overhead" else 1  # warm-up, record, replay
-    seconds = fast_path.warm_up(
-        lambda: vae.decode(sample_latent(model, positive, latent, 0, 1, 1.0, "trailing", "euler", 0.0)), runs)
+    start = time.perf_counter()
+    for _ in range(runs):
+        vae.decode(sample_latent(model, positive, latent, 0, 1, 1.0, "trailing", "euler", 0.0))
+    seconds = time.perf_counter() - start
     message = (f"UNet and text encoder compiled ({compile_mode}) for {size}x{size} batch 1: warm-up {seconds:.1f} s. "
                "Other sizes or batches compile on their first run.")
     log.info("ADD Turbo: %s", message)
