@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .workflow import WorkflowError, is_api_format, ui_to_api
+from .workflow import WorkflowError, input_names, is_api_format, ui_to_api
 
 log = logging.getLogger("add_turbo.cli")
 PACK_DIR = Path(__file__).resolve().parents[1]
@@ -35,18 +36,56 @@ def parse_value(text: str):
         return text
 
 
-def apply_overrides(prompt: dict, overrides: list[str]) -> dict:
-    """Set NODE.INPUT=VALUE entries on an API-format prompt; NODE is an id, title or class type."""
+class UsageError(WorkflowError):
+    """A command line that cannot be run as written (exit code 2, as argparse's own usage errors)."""
+
+
+def _node_label(node_id: str, node: dict) -> str:
+    title = node.get("_meta", {}).get("title")
+    return f"{node_id} {node['class_type']}" + (f" {title!r}" if title and title != node["class_type"] else "")
+
+
+def _matching(prompt: dict, node_ref: str) -> list[str]:
+    return [nid for nid, node in prompt.items() if node_ref in (nid, node["class_type"], node.get("_meta", {}).get("title"))]
+
+
+def apply_overrides(prompt: dict, overrides: list[str], object_info: dict | None = None) -> dict:
+    """Set NODE.INPUT=VALUE entries on an API-format prompt; NODE is an id, title or class type.
+
+    Raises:
+        UsageError: bad syntax, a NODE that matches no node or several, or an INPUT the node does not have;
+            raised before any change, so nothing half-overridden is ever queued.
+    """
+    changes = []
     for item in overrides:
         target, sep, value = item.partition("=")
         node_ref, dot, input_name = target.rpartition(".")
-        if not sep or not dot or not node_ref:
-            raise WorkflowError(f"--set {item!r}: write NODE.INPUT=VALUE, e.g. 4.seed=7 or ADDTurboSample.steps=2")
-        matches = [nid for nid, node in prompt.items() if node_ref in (nid, node["class_type"], node.get("_meta", {}).get("title"))]
-        if len(matches) != 1:
-            found = "no node" if not matches else f"{len(matches)} nodes ({', '.join(matches)})"
-            raise WorkflowError(f"--set {item!r}: {found} match {node_ref!r}; use the node id")
-        prompt[matches[0]]["inputs"][input_name] = parse_value(value)
+        if not sep or not dot or not node_ref or not input_name:
+            raise UsageError(f"--set {item!r}: write NODE.INPUT=VALUE, e.g. 4.seed=7 or ADDTurboSample.steps=2")
+        matches = _matching(prompt, node_ref)
+        if not matches:
+            # A title may itself contain dots, and so may a dynamic input's name: try the other splits.
+            for i in (i for i, c in enumerate(target) if c == "."):
+                if found := _matching(prompt, target[:i]):
+                    node_ref, input_name, matches = target[:i], target[i + 1:], found
+                    break
+        if not matches:
+            listing = "\n".join(f"  {_node_label(nid, node)}" for nid, node in prompt.items())
+            raise UsageError(f"--set {item!r}: no node matches {node_ref!r}; use a node id, title or class type "
+                             f"(id, class type, title):\n{listing}")
+        if len(matches) > 1:
+            raise UsageError(f"--set {item!r}: {len(matches)} nodes match {node_ref!r} "
+                             f"({', '.join(_node_label(nid, prompt[nid]) for nid in matches)}); use the node id")
+        node_id, node = matches[0], prompt[matches[0]]
+        names = input_names(node, object_info)
+        if input_name not in names:
+            close = difflib.get_close_matches(input_name, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UsageError(f"--set {item!r}: node {node_id} ({node['class_type']}) has no input {input_name!r}"
+                             f"{hint}; its inputs: {', '.join(names)}")
+        changes.append((node, input_name, parse_value(value)))
+    for node, input_name, value in changes:
+        node["inputs"][input_name] = value
     return prompt
 
 
@@ -107,15 +146,12 @@ def write_images(result, out: Path) -> list[Path]:
 
 
 async def run_once(url: str, args) -> int:
-    from .client import Client, PromptError
+    from .client import Client
 
     async with Client(url) as client:
-        try:
-            prompt = apply_overrides(load_prompt(Path(args.workflow), await client.object_info()), args.set)
-            result = await client.run(prompt)
-        except (WorkflowError, PromptError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
+        info = await client.object_info()
+        prompt = apply_overrides(load_prompt(Path(args.workflow), info), args.set, info)
+        result = await client.run(prompt)
         for path in write_images(result, Path(args.out)):
             print(path)
         print(f"done in {result.seconds:.2f} s", file=sys.stderr)
@@ -128,7 +164,8 @@ async def watch(url: str, args) -> int:
 
     watched, last, runs = Path(args.watch), None, 0
     async with Client(url) as client:
-        base = apply_overrides(load_prompt(Path(args.workflow), await client.object_info()), args.set)
+        info = await client.object_info()
+        base = apply_overrides(load_prompt(Path(args.workflow), info), args.set, info)
         print(f"watching {watched} (Ctrl-C to stop)", file=sys.stderr)
         while args.max_runs is None or runs < args.max_runs:
             stamp = watched.stat().st_mtime_ns if watched.exists() else None
@@ -151,6 +188,27 @@ async def watch(url: str, args) -> int:
             for path in write_images(result, Path(args.out)):
                 print(f"{path}  <- {text!r} ({result.seconds:.2f} s)")
     return 0
+
+
+async def run_command(url: str, args) -> int:
+    """run_once or watch, with every expected failure as one message on stderr and an exit code."""
+    import aiohttp
+
+    from .client import PromptError, ServerUnreachable
+
+    try:
+        return await (watch(url, args) if args.watch else run_once(url, args))
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (WorkflowError, PromptError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except (ServerUnreachable, aiohttp.ClientError) as error:
+        message = str(error) if isinstance(error, ServerUnreachable) else f"lost the ComfyUI server at {url} ({error})"
+        fix = ": start ComfyUI, or leave out --server to start the one this pack is installed in" if args.server else ""
+        print(f"error: {message}{fix}", file=sys.stderr)
+        return 1
 
 
 def default_comfyui() -> Path:
@@ -183,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         server.wait()
         url = server.url
     try:
-        return asyncio.run(watch(url, args) if args.watch else run_once(url, args))
+        return asyncio.run(run_command(url, args))
     except KeyboardInterrupt:
         return 130
     finally:

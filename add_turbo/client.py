@@ -14,6 +14,10 @@ class PromptError(RuntimeError):
     """The server refused the prompt or its execution failed; str() is the server's message."""
 
 
+class ServerUnreachable(ConnectionError):
+    """Nothing (or no ComfyUI) answers at the URL, or the connection broke; str() says which, in one line."""
+
+
 @dataclass
 class Result:
     prompt_id: str
@@ -38,8 +42,17 @@ class Client:
         self.ws = None
 
     async def __aenter__(self):
-        self.session = aiohttp.ClientSession()
-        self.ws = await self.session.ws_connect(f"{self.url}/ws?clientId={self.client_id}", max_msg_size=0)
+        # A short connect timeout: a wrong host should fail in seconds, not after the 5 min total default.
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300, sock_connect=10))
+        try:
+            self.ws = await self.session.ws_connect(f"{self.url}/ws?clientId={self.client_id}", max_msg_size=0)
+        except aiohttp.WSServerHandshakeError as error:
+            await self.session.close()  # else aiohttp warns about an unclosed session at exit
+            raise ServerUnreachable(f"{self.url} answered, but not as a ComfyUI server "
+                                    f"(GET /ws: {error.status} {error.message})") from error
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            await self.session.close()
+            raise ServerUnreachable(f"no ComfyUI server at {self.url}") from error
         return self
 
     async def __aexit__(self, *exc):
@@ -76,6 +89,8 @@ class Client:
                 raise PromptError("execution was interrupted")
             elif kind == "execution_success" or (kind == "executing" and data.get("node") is None):
                 break
+        else:
+            raise ServerUnreachable(f"the ComfyUI server at {self.url} closed the connection during the run")
         result = Result(prompt_id, seconds=time.perf_counter() - start)
         for node_output in (await self._history(prompt_id)).get("outputs", {}).values():
             for image in node_output.get("images", []):

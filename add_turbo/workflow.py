@@ -33,6 +33,14 @@ def ordered_inputs(node_def: dict) -> list[tuple[str, list]]:
     return out
 
 
+def input_names(node: dict, object_info: dict | None) -> list[str]:
+    """The inputs an API-format node can take: the server's definition (optional ones included), then any
+    other input the node already has (dynamic inputs, which a server need not list, stay settable)."""
+    node_def = (object_info or {}).get(node["class_type"])
+    names = [name for name, _ in ordered_inputs(node_def)] if node_def else []
+    return names + [name for name in node.get("inputs", {}) if name not in names]
+
+
 def _widget_slots(node_def: dict) -> list[tuple[str, bool, bool]]:
     """(widget name, has an extra control_after_generate value, required) in widgets_values order."""
     slots = []

@@ -15,6 +15,12 @@ def _pad_multiple(model) -> int:
     return 8 * 2 ** (levels - 1)
 
 
+def _sized(positive, width: int, height: int):
+    """SDXL size conditioning for the image's own size, not the padded one (as diffusers' img2img),
+    unless the conditioning already has sizes (CLIPTextEncodeSDXL). Other models ignore it."""
+    return [[cond, {"width": width, "height": height, **extra}] for cond, extra in positive]
+
+
 class ADDTurboRefine(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -48,6 +54,7 @@ class ADDTurboRefine(io.ComfyNode):
         rgb = image[..., :3]
         padded, size = refine.pad_to_multiple(rgb, _pad_multiple(model))
         latent = vae.encode(padded)
+        positive = _sized(positive, width, height)
         samples = sample_latent(model, positive, latent, seed, steps, strength, spacing, sampler, eta)
         refined = refine.crop_to(vae.decode(samples), size).to(rgb)
         if weight is not None:

@@ -9,6 +9,7 @@ import torch
 from comfy_api.latest import io
 
 from ..add_turbo import inputs, noise, samplers, schedules
+from .host_api import PositiveOnlyGuider
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 STEPS_TOOLTIP = "Number of steps actually run (1-4 is what ADD models are made for). Never rounded to zero."
@@ -74,13 +75,6 @@ def turbo_sampler(sampler: str, eta: float) -> comfy.samplers.KSAMPLER:
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
     return comfy.samplers.KSAMPLER(_turbo_sampler_function, extra_options={"sampler": sampler, "eta": eta})
-
-
-class PositiveOnlyGuider(comfy.samplers.CFGGuider):
-    """Guidance-free: only the positive conditioning, cfg 1, so the host never runs an unconditional pass."""
-
-    def set_conds(self, positive):
-        self.inner_set_conds({"positive": positive})
 
 
 def check_model_inputs(model, positive, latent) -> None:

@@ -3,15 +3,45 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
+# The host loads the pack from this checkout (a link in custom_nodes/): keep bytecode caches out of
+# it as well, in this process and in the server it starts.
+sys.dont_write_bytecode = True
+os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.support import host  # noqa: E402
 from tests.support.client import ComfyClient, txt2img_prompt  # noqa: E402
+
+# Outside the repository, next to the host: the main job never writes into the source tree.
+DEFAULT_OUT = host.HOME / "output"
+
+
+@contextlib.contextmanager
+def _quiet_model_factory():
+    """Hide what the tiny model factory makes transformers and diffusers print: notices about torchvision
+    and an old scheduler config (both moot for a random-weight model) and save progress bars."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    levels = transformers_logging.get_verbosity(), diffusers_logging.get_verbosity()
+    for library in (transformers_logging, diffusers_logging):
+        library.set_verbosity_error()
+        library.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"(?s).*steps_offset", category=FutureWarning)
+            yield
+    finally:
+        for library, level in zip((transformers_logging, diffusers_logging), levels, strict=True):
+            library.set_verbosity(level)
+            library.enable_progress_bar()
 
 
 def _checkpoint(args) -> tuple[str, int]:
@@ -27,21 +57,26 @@ def _checkpoint(args) -> tuple[str, int]:
     sys.path[:0] = [str(host.COMFY_DIR)]
     from tests.support import turbo_models
 
-    model = turbo_models.build("sd_turbo")
+    with _quiet_model_factory():
+        model = turbo_models.build("sd_turbo")
     target = folder / model.single_file.name
     if not target.exists():
         shutil.copy(model.single_file, target)
     return target.name, 256
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ckpt", help="path of an SD-Turbo single-file checkpoint")
     parser.add_argument("--prompt", default="a cinematic photo of a red fox in the snow, golden hour")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=1)
-    parser.add_argument("--out", default=str(Path.cwd() / "output"), help="folder for the PNG")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"folder for the PNG (default: {DEFAULT_OUT})")
+    return parser.parse_args(argv)
+
+
+def main() -> int:
+    args = parse_args()
 
     ckpt_name, size = _checkpoint(args)
     server = host.Server(host.free_port())
@@ -52,7 +87,7 @@ def main() -> int:
         if run.error:
             print(f"error: {run.error['exception_message']}", file=sys.stderr)
             return 1
-        out = Path(args.out)
+        out = args.out
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"add_turbo_example_seed{args.seed}.png"
         path.write_bytes(client.images(run.prompt_id)[0])

@@ -4,7 +4,7 @@
 # (or $ADD_TURBO_CKPT), else builds a small embedded random-weight SD-Turbo model.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-home="${ADD_TURBO_HOME:-$HOME/.cache/add-turbo}"
-"$repo/scripts/build_host.sh"
+source "$repo/scripts/host_env.sh"
+ADD_TURBO_BROWSER=0 "$repo/scripts/build_host.sh"
 cd "$repo"
-exec "$home/venv/bin/python" scripts/run_example.py "$@"
+exec "$root/venv/bin/python" scripts/run_example.py "$@"

@@ -1,5 +1,6 @@
 """The headless CLI (python -m add_turbo run) against a real server, and with an embedded one."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -8,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 from PIL import Image
 
 from tests.support import host
@@ -33,6 +35,11 @@ def _tiny_overrides(workflow_path, tiny_models):
     return sets
 
 
+def _server_state(url):
+    """What the server has run and has waiting: to show that a refused command queued nothing."""
+    queue = requests.get(url + "/queue", timeout=30).json()
+    return (sorted(requests.get(url + "/history", timeout=30).json()),
+            [len(queue["queue_running"]), len(queue["queue_pending"])])
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -50,8 +57,9 @@ def test_cli_set_overrides_and_api_format(server, tiny_models, tmp_path):
 
     api = tmp_path / "api.json"
     api.write_text(json.dumps(txt2img_prompt(tiny_models["sd_turbo"].single_file.name, size=64)))
+    # decoder is an optional input the API prompt leaves out: the server's definition makes it settable.
     result = cli("run", str(api), "--server", server.url, "--out", str(tmp_path / "out"), "--set", "3.width=128",
-                 "--set", "ADDTurboSample.steps=3")
+                 "--set", "ADDTurboSample.steps=3", "--set", "ADDTurboLoader.decoder=full")
     assert result.returncode == 0, result.stderr
     (image,) = [Path(line) for line in result.stdout.split()]
     assert Image.open(image).size == (128, 64)
@@ -77,7 +85,73 @@ def test_cli_broken_workflow_exits_1_with_the_servers_message(server, tiny_model
 
 def test_cli_bad_set_syntax(server, tmp_path):
     result = cli("run", str(WORKFLOWS[0]), "--server", server.url, "--set", "nonsense")
-    assert result.returncode == 1 and "NODE.INPUT=VALUE" in result.stderr
+    assert result.returncode == 2 and "NODE.INPUT=VALUE" in result.stderr
+
+
+@pytest.mark.parametrize("form,override,expect", [
+    # UI format: the names as converted from the node's widgets and links.
+    ("ui", "CLIPTextEncode.txt=hello", ["(did you mean 'text'?)", "its inputs: text, clip"]),
+    # API format: the prompt names only ckpt_name; the server's definition adds the optional ones.
+    ("api", "ADDTurboLoader.decodr=taesd", ["(did you mean 'decoder'?)", "inputs: ckpt_name, weight_dtype, decoder"]),
+])
+def test_cli_set_of_an_unknown_input_is_refused_before_queueing(server, tiny_models, tmp_path, form, override,
+                                                                 expect):
+    from tests.support.client import txt2img_prompt
+
+    workflow = REPO / "workflows" / "add_turbo_sd_turbo_txt2img.json"
+    sets = _tiny_overrides(workflow, tiny_models)
+    if form == "api":
+        workflow, sets = tmp_path / "api.json", []
+        workflow.write_text(json.dumps(txt2img_prompt(tiny_models["sd_turbo"].single_file.name, size=64)))
+    before = _server_state(server.url)
+    result = cli("run", str(workflow), "--server", server.url, "--out", str(tmp_path / "out"), *sets,
+                 "--set", override)
+    assert result.returncode == 2, result.stderr
+    assert f"has no input {override.split('.')[1].split('=')[0]!r}" in result.stderr
+    assert all(text in result.stderr for text in expect), result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+    assert _server_state(server.url) == before
+
+
+def test_cli_set_of_an_unknown_node_lists_the_nodes(server, tiny_models, tmp_path):
+    from tests.support.client import txt2img_prompt
+
+    prompt = txt2img_prompt(tiny_models["sd_turbo"].single_file.name, size=64)
+    prompt["2"]["_meta"] = {"title": "Prompt"}
+    api = tmp_path / "api.json"
+    api.write_text(json.dumps(prompt))
+    before = _server_state(server.url)
+    result = cli("run", str(api), "--server", server.url, "--set", "KSampler.seed=1")
+    assert result.returncode == 2, result.stderr
+    assert "no node matches 'KSampler'" in result.stderr
+    assert "2 CLIPTextEncode 'Prompt'" in result.stderr and "4 ADDTurboSample" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert _server_state(server.url) == before
+
+
+@pytest.mark.parametrize("watch", [False, True], ids=["run", "watch"])
+def test_cli_without_a_server_says_so_in_one_line(tmp_path, watch):
+    url = f"http://127.0.0.1:{host.free_port()}"  # just closed: nothing listens there
+    result = cli("run", str(WORKFLOWS[0]), "--server", url, "--out", str(tmp_path / "out"),
+                 *(["--watch", str(tmp_path / "prompt.txt")] if watch else []), timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"error: no ComfyUI server at {url}: start ComfyUI, or leave out --server "
+                                          "to start the one this pack is installed in"]
+    assert result.stdout == ""
+
+
+def test_run_example_writes_outside_the_repository(monkeypatch):
+    monkeypatch.chdir(REPO)  # the old default was ./output, i.e. inside the repository when run from it
+    # Importing the script switches off bytecode caches for itself and its server: undo that afterwards.
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    monkeypatch.setattr(sys, "dont_write_bytecode", sys.dont_write_bytecode)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    spec = importlib.util.spec_from_file_location("run_example", REPO / "scripts" / "run_example.py")
+    run_example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_example)
+    out = run_example.parse_args([]).out.resolve()
+    assert out == (host.HOME / "output").resolve()
+    assert not out.is_relative_to(REPO.resolve())
 
 
 def test_cli_watch_regenerates_when_the_prompt_file_changes(server, tiny_models, tmp_path):

@@ -83,7 +83,7 @@ def test_quick_test_for_ci_start_has_no_import_failure_for_the_pack(tiny_models)
     import subprocess
 
     result = subprocess.run(
-        [str(host.HOME / "venv" / "bin" / "python"), "main.py", "--quick-test-for-ci", *host.base_args()],
+        [str(host.PYTHON), "main.py", "--quick-test-for-ci", *host.base_args()],
         cwd=host.COMFY_DIR, capture_output=True, text=True, timeout=300,
         env={**__import__("os").environ, "PYTHONPATH": str(host.STUBS_DIR)})
     log = result.stdout + result.stderr

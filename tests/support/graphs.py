@@ -27,8 +27,9 @@ def encode(clip, text: str):
     return cond
 
 
-def empty_latent(size: int = 64, batch: int = 1):
-    return {"samples": torch.zeros([batch, 4, size // 8, size // 8])}
+def empty_latent(size: int = 64, batch: int = 1, width: int | None = None):
+    """An empty latent for a size x size image (or size high, width wide)."""
+    return {"samples": torch.zeros([batch, 4, size // 8, (width or size) // 8])}
 
 
 def decode(vae, latent) -> torch.Tensor:

@@ -13,9 +13,16 @@ import requests
 
 REPO = Path(__file__).resolve().parents[2]
 HOME = Path(os.environ.get("ADD_TURBO_HOME", Path.home() / ".cache" / "add-turbo"))
-COMFY_DIR = HOME / "ComfyUI"
-BASE_DIR = HOME / "base"
-STUBS_DIR = HOME / "stubs"
+# Which host (scripts/host_env.sh): 0.3.75, 0.33.0, or a user's checkout in COMFYUI_DIR ("custom").
+HOST = os.environ.get("ADD_TURBO_HOST") or ("custom" if os.environ.get("COMFYUI_DIR") else "0.3.75")
+HOST_ROOT = HOME / "hosts" / HOST
+COMFY_DIR = HOST_ROOT / "ComfyUI"
+BASE_DIR = HOST_ROOT / "base"
+STUBS_DIR = HOST_ROOT / "stubs"
+PYTHON = HOST_ROOT / "venv" / "bin" / "python"
+# The newest editor frontend (installed by build_host.sh), served with --front-end-root.
+NEWEST_FRONTEND = "1.58.1"
+NEWEST_FRONTEND_ROOT = HOME / "frontends" / NEWEST_FRONTEND / "comfyui_frontend_package" / "static"
 # Parity needs fp32 text encoders: ComfyUI keeps them in fp16 on CPU by default.
 HOST_FLAGS = ["--cpu", "--fp32-text-enc", "--disable-api-nodes"]
 
@@ -23,7 +30,14 @@ HOST_FLAGS = ["--cpu", "--fp32-text-enc", "--disable-api-nodes"]
 def require_host() -> None:
     """Fail with the set-up command when the host has not been built."""
     if not (COMFY_DIR / "main.py").exists():
-        raise RuntimeError(f"no ComfyUI host at {COMFY_DIR}: run scripts/build_host.sh first")
+        raise RuntimeError(f"no ComfyUI host at {COMFY_DIR}: run ADD_TURBO_HOST={HOST} scripts/build_host.sh first")
+
+
+def host_version() -> tuple[int, ...]:
+    """The host's ComfyUI version, e.g. (0, 33, 0), read from its source tree."""
+    text = (COMFY_DIR / "comfyui_version.py").read_text()
+    version = text.split("__version__")[1].split('"')[1]
+    return tuple(int(p) for p in version.split(".")[:3])
 
 
 # On a GPU machine: the host's own device and precision choices, as a user gets them.
@@ -85,7 +99,7 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = base / f"server-{port}.log"
         env = {**os.environ, "PYTHONPATH": str(STUBS_DIR), "PYTHONUNBUFFERED": "1"}
-        cmd = [str(HOME / "venv" / "bin" / "python"), "main.py", "--listen", "127.0.0.1", "--port", str(port),
+        cmd = [str(PYTHON), "main.py", "--listen", "127.0.0.1", "--port", str(port),
                "--disable-auto-launch", *base_args(base), *extra_args]
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(cmd, cwd=COMFY_DIR, stdout=self._log, stderr=subprocess.STDOUT, env=env)

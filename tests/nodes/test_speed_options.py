@@ -24,13 +24,13 @@ def sd_turbo(tiny_models):
 def test_prompt_cache_hits_only_for_the_same_prompt_layer_and_patches(sd_turbo):
     _, clip, _ = _load(sd_turbo)
     first = g.encode(clip, PROMPT)
-    assert clip.prompt_cache_hits == 0
+    assert clip.prompt_cache.hits == 0
     again = g.encode(clip, PROMPT)
-    assert clip.prompt_cache_hits == 1
+    assert clip.prompt_cache.hits == 1
     assert again[0][0] is first[0][0]  # the very tensor: no encoder run
 
     other = g.encode(clip, PROMPT + " in fog")
-    assert clip.prompt_cache_hits == 1 and not torch.equal(other[0][0], first[0][0])
+    assert clip.prompt_cache.hits == 1 and not torch.equal(other[0][0], first[0][0])
 
     (skipped,) = g.run(g.builtin("CLIPSetLastLayer"), clip=clip, stop_at_clip_layer=-1)
     shallower = g.encode(skipped, PROMPT)

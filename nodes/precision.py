@@ -1,0 +1,36 @@
+"""The loader's precision choices: which dtype the UNet, VAE and text encoders store and compute in."""
+
+import comfy.model_management as mm
+import comfy.utils
+import torch
+
+WEIGHT_DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def unet_dtypes(weight_dtype: str, load_device, sd, prefix, model_config):
+    """(storage dtype, manual-cast dtype or None). On CPU a chosen dtype is also the compute dtype."""
+    supported = model_config.supported_inference_dtypes
+    if weight_dtype == "auto":
+        if load_device.type == "cpu":
+            return torch.float32, None  # exact and, without native bf16 units, not slower
+        dtype = mm.unet_dtype(model_params=comfy.utils.calculate_parameters(sd, prefix), supported_dtypes=supported,
+                              weight_dtype=comfy.utils.weight_dtype(sd, prefix))
+        return dtype, mm.unet_manual_cast(dtype, load_device, supported)
+    dtype = WEIGHT_DTYPES[weight_dtype]
+    if load_device.type == "cpu":
+        # The host would store bf16 and compute fp32 by casting; compute in bf16 for real. fp16 has
+        # no fast CPU kernels, so it stays a storage format there.
+        return dtype, (torch.float32 if dtype == torch.float16 else None)
+    return dtype, mm.unet_manual_cast(dtype, load_device, supported)
+
+
+def cpu_bf16(weight_dtype: str, load_device) -> bool:
+    """bf16 chosen on CPU: the UNet, VAE and text encoders all compute in bf16, not just store it."""
+    return weight_dtype == "bf16" and load_device.type == "cpu"
+
+
+def text_encoder_dtype(weight_dtype: str, load_device):
+    """bf16 with cpu_bf16; fp32 otherwise on CPU (fp16 there is slower and moves the image); else the host's."""
+    if cpu_bf16(weight_dtype, load_device):
+        return torch.bfloat16
+    return torch.float32 if load_device.type == "cpu" else None
