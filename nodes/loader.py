@@ -81,7 +81,7 @@ def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full", att
         unet_sd = {k: sd.pop(k) for k in [k for k in sd if k.startswith(prefix)]}
     else:
         info = checkpoints.inspect_checkpoint(path)
-        unet_sd = weights.read_tensors(path, lambda key: key.startswith(prefix))
+        unet_sd = weights.read_tensors(path, lambda key: key.startswith(prefix), channels_last)
         sd = None  # read after the UNet, from a second mapping that is released once copied
     unet_config = comfy.model_detection.detect_unet_config(unet_sd, prefix)
     if info.family == checkpoints.SDXL_TURBO:

@@ -16,16 +16,28 @@ log = logging.getLogger(__name__)
 TAESD_NAMES = {checkpoints.SD_TURBO: "taesd", checkpoints.SDXL_TURBO: "taesdxl"}
 
 
-def read_tensors(path: str, keep) -> dict[str, torch.Tensor]:
+def read_tensors(path: str, keep, channels_last: bool = False) -> dict[str, torch.Tensor]:
     """The file's tensors whose names pass `keep`, memory-mapped (safetensors; nothing is unpickled).
 
     Each call maps the file anew, so the text encoder and VAE tensors, which the host copies into
     its own modules, are unmapped once those copies exist, while the UNet keeps its mapping.
+    With `channels_last`, 4-D (conv) weights are copied into that layout through a mapping of their
+    own that is released on return: converting them later would leave their file pages resident in
+    the kept mapping beside the copies (about a third of the UNet, counted twice).
     """
     from safetensors import safe_open
 
     with safe_open(path, framework="pt", device="cpu") as handle:
-        return {k: handle.get_tensor(k) for k in handle.keys() if keep(k)}
+        names = [k for k in handle.keys() if keep(k)]
+        convs = {k for k in names if channels_last and len(handle.get_slice(k).get_shape()) == 4}
+        tensors = {k: handle.get_tensor(k) for k in names if k not in convs}
+    if convs:
+        with safe_open(path, framework="pt", device="cpu") as handle:
+            for k in convs:
+                mapped = handle.get_tensor(k)
+                # always a copy: .contiguous() would keep a 1x1 conv on the mapping
+                tensors[k] = torch.empty_like(mapped, memory_format=torch.channels_last).copy_(mapped)
+    return tensors
 
 
 def build_unet(path, model_config, sd, prefix, dtype):
