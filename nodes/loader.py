@@ -139,7 +139,9 @@ def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full", att
 
 def reload_patchers(path, *options, disable_dynamic=False):
     """The models loaded afresh, as [MODEL patcher, CLIP patcher, VAE patcher]: the host's
-    cached_patcher_init factory (the pack's patchers are never dynamic, so `disable_dynamic` holds)."""
+    cached_patcher_init factory. The UNet and CLIP patchers are never dynamic, so `disable_dynamic`
+    holds for them; the VAE's is the host's own choice (dynamic on GPUs with dynamic VRAM), as with
+    the host's own checkpoint loader."""
     model, clip, vae, _ = load_turbo(path, *options)
     return [model, clip.patcher, vae.patcher]
 
