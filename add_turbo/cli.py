@@ -15,13 +15,10 @@ import difflib
 import json
 import logging
 import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
+from .server import ComfyServer, ServerStartError
 from .workflow import WorkflowError, input_names, is_api_format, ui_to_api
 
 log = logging.getLogger("add_turbo.cli")
@@ -97,42 +94,6 @@ def load_prompt(path: Path, object_info: dict) -> dict:
     if not isinstance(workflow, dict):
         raise WorkflowError(f"{path}: not a ComfyUI workflow")
     return workflow if is_api_format(workflow) else ui_to_api(workflow, object_info)
-
-
-class EmbeddedServer:
-    """A ComfyUI started for this run on a free loopback port."""
-
-    def __init__(self, comfyui: Path, extra_args: list[str]):
-        if not (comfyui / "main.py").exists():
-            raise SystemExit(f"error: no ComfyUI at {comfyui}: pass --comfyui DIR or --server URL")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        args = [sys.executable, "main.py", "--listen", "127.0.0.1", "--port", str(self.port), "--disable-auto-launch",
-                *extra_args]
-        self.log = open(os.devnull, "w")
-        self.process = subprocess.Popen(args, cwd=comfyui, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def wait(self, timeout: float = 180) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit("error: the embedded ComfyUI exited during start-up")
-            try:
-                urllib.request.urlopen(self.url + "/system_stats", timeout=2)
-                return
-            except OSError:
-                time.sleep(0.3)
-        raise SystemExit(f"error: the embedded ComfyUI did not start in {timeout:.0f} s")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
 
 
 def write_images(result, out: Path) -> list[Path]:
@@ -237,8 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     url = args.server
     if url is None:
-        server = EmbeddedServer(args.comfyui or default_comfyui(), args.comfyui_args.split())
-        server.wait()
+        comfyui = args.comfyui or default_comfyui()
+        try:
+            server = ComfyServer(comfyui, args.comfyui_args.split())
+            server.wait_ready()
+        except ServerStartError as error:
+            if server is not None:
+                server.stop()
+            print(f"error: the embedded ComfyUI: {error}: pass --comfyui DIR or --server URL", file=sys.stderr)
+            return 1
         url = server.url
     try:
         return asyncio.run(run_command(url, args))

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import requests
+from add_turbo.server import ComfyServer, ServerStartError, free_port  # noqa: F401  (free_port: re-exported)
 
 REPO = Path(__file__).resolve().parents[2]
 HOME = Path(os.environ.get("ADD_TURBO_HOME", Path.home() / ".cache" / "add-turbo"))
@@ -78,51 +75,27 @@ def init_in_process(base: Path = BASE_DIR, flags: list[str] = HOST_FLAGS) -> Non
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
 
 
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(base: Path = BASE_DIR) -> "Server":
     """A development-host server on a free loopback port, ready to take requests."""
-    return Server(free_port(), base).wait_ready()
+    return Server(None, base).wait_ready()
 
 
-class Server:
-    """A real ComfyUI server process on loopback, stopped with `stop()`."""
+class Server(ComfyServer):
+    """The development host as a real server process on loopback (the pack's one launcher, with the
+    host's interpreter, stand-ins and base directory); stopped with `stop()`."""
 
-    def __init__(self, port: int, base: Path = BASE_DIR, extra_args: tuple[str, ...] = ()):
+    def __init__(self, port: int | None = None, base: Path = BASE_DIR, extra_args: tuple[str, ...] = ()):
         require_host()
-        self.port, self.base = port, base
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = base / f"server-{port}.log"
-        env = {**os.environ, "PYTHONPATH": str(STUBS_DIR), "PYTHONUNBUFFERED": "1"}
-        cmd = [str(PYTHON), "main.py", "--listen", "127.0.0.1", "--port", str(port),
-               "--disable-auto-launch", *base_args(base), *extra_args]
-        self._log = open(self.log_path, "w")
-        self.process = subprocess.Popen(cmd, cwd=COMFY_DIR, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self.base = base
+        port = port or free_port()
+        log_dir = HOST_ROOT / "logs"
+        log_dir.mkdir(exist_ok=True)
+        super().__init__(COMFY_DIR, [*base_args(base), *extra_args], port=port, python=str(PYTHON),
+                         log_path=log_dir / f"server-{port}.log",
+                         env={"PYTHONPATH": str(STUBS_DIR), "PYTHONUNBUFFERED": "1"})
 
     def wait_ready(self, timeout: float = 120) -> "Server":
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{self.log()}")
-            try:
-                if requests.get(self.url + "/system_stats", timeout=2).ok:
-                    return self
-            except requests.ConnectionError:
-                time.sleep(0.3)
-        raise TimeoutError(f"server not ready in {timeout}s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        self.process.terminate()
         try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self._log.close()
+            return super().wait_ready(timeout)
+        except ServerStartError as error:
+            raise RuntimeError(f"{error}:\n{self.log()}") from error
