@@ -1,13 +1,18 @@
 """torch.compile for the loader's `compile` option: modes, the compiled UNet module, the warm-up.
 
 None of it changes what is computed: compiled kernels reorder the same arithmetic (fp rounding may
-differ). How the compiled modules are put into the host's models is in host_api.py.
+differ). How the compiled modules are put into the host's models is in host_api.py; where the
+compiled graphs are kept between starts is in compile_cache.py.
 """
 
+import contextlib
+import contextvars
 import logging
 import time
 
 import torch
+
+from . import compile_cache
 
 log = logging.getLogger(__name__)
 
@@ -15,6 +20,20 @@ log = logging.getLogger(__name__)
 # launch per UNet call instead of hundreds; on GPU only).
 COMPILE_MODES = {"off": None, "inductor": "default", "inductor + cuda graphs": "reduce-overhead"}
 _NOT_YET = object()  # no UNet call seen yet
+# The on-disk cache of the model being loaded: set by the loader node around load_turbo, so the
+# compile_fn calls inside (host_api.compile_unet / compile_text_encoders) need no extra parameter.
+_LOADING_INTO: contextvars.ContextVar = contextvars.ContextVar("add_turbo_compile_cache", default=None)
+
+
+@contextlib.contextmanager
+def caching_into(cache):
+    """Functions compiled by compile_fn inside this block compile into, and load from, `cache`
+    (a compile_cache.CompileCache; None: torch's own cache settings)."""
+    token = _LOADING_INTO.set(cache)
+    try:
+        yield
+    finally:
+        _LOADING_INTO.reset(token)
 
 
 def check_compile(compile_mode: str, device: torch.device) -> None:
@@ -40,12 +59,16 @@ def compile_fn(fn, compile_mode: str, freeze: bool = False):
     every other call), and the copies mean nothing a caller keeps is overwritten by a later replay.
     `freeze` folds the weights into the graph as constants (prepacked for the CPU's conv and
     matmul kernels): faster on CPU, but blind to later weight changes (see CompiledUNet).
+    Inside `caching_into(cache)` every call runs in the cache's scope: torch compiles lazily, at the
+    first call of each shape, and must find the pack's folder and key tag then.
     """
     mode = COMPILE_MODES[compile_mode]
     if freeze:
         compiled = torch.compile(fn, backend="inductor", options={"freezing": True}, dynamic=False)
     else:
         compiled = torch.compile(fn, backend="inductor", mode=mode, dynamic=False)
+    if (cache := _LOADING_INTO.get()) is not None:
+        compiled = cache.wrap(compiled)
     if mode != "reduce-overhead":
         return compiled
 
@@ -100,21 +123,36 @@ def unmutated_input(forward):
     return encoder
 
 
-def warm_up(model, clip, vae, compile_mode: str, size: int = 512) -> str:
+def warm_up(model, clip, vae, compile_mode: str, cache=None, size: int = 512) -> str:
     """Compile (and record CUDA graphs) now, at size x size batch 1, so the first image is not slow.
 
-    Returns the message the loader node shows.
+    With an on-disk `cache` (compile_cache.CompileCache) torch loads the graphs a previous start
+    compiled instead of compiling them; torch's cache counters tell which happened. Returns the
+    short message the loader node shows.
     """
     from .sampling import sample_latent
 
+    before = compile_cache.counts()
+    start = time.perf_counter()
     positive = clip.encode_from_tokens_scheduled(clip.tokenize(""))
     latent = torch.zeros([1, model.model.latent_format.latent_channels, size // 8, size // 8])
     runs = 3 if COMPILE_MODES[compile_mode] == "reduce-overhead" else 1  # warm-up, record, replay
-    start = time.perf_counter()
     for _ in range(runs):
         vae.decode(sample_latent(model, positive, latent, 0, 1, 1.0, "trailing", "euler", 0.0))
     seconds = time.perf_counter() - start
-    message = (f"UNet and text encoder compiled ({compile_mode}) for {size}x{size} batch 1: warm-up {seconds:.1f} s. "
-               "Other sizes or batches compile on their first run.")
-    log.info("ADD Turbo: %s", message)
+    after = compile_cache.counts()
+    graphs, hits, misses, bypasses = (after[k] - before[k] for k in ("graphs", "hit", "miss", "bypass"))
+    if bypasses:
+        log.warning("ADD Turbo: torch did not cache %d of the compiled graphs (TORCH_LOGS=inductor names the "
+                    "reason): they compile again at every start", bypasses)
+    if not graphs:  # nothing traced: torch ran graphs this process compiled for an earlier load
+        done = f"reused compiled graphs ({compile_mode})"
+    elif hits and not misses and not bypasses:
+        done = f"loaded compiled graphs ({compile_mode})"
+    else:
+        kept = ", not cached" if bypasses or cache is None or not misses else ""
+        done = f"compiled ({compile_mode}){kept}"
+    message = f"{done}, {size}x{size} warm-up {seconds:.1f} s"
+    log.info("ADD Turbo: %s (graphs traced %d, loaded %d, compiled %d, uncacheable %d; cache %s)", message, graphs,
+             hits, misses, bypasses, cache.where() if cache is not None else "off")
     return message

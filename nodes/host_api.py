@@ -53,6 +53,7 @@ HOST_SYMBOLS = [
     ("comfy.samplers", "CFGGuider.sample", ("noise", "latent_image", "sampler", "sigmas", "denoise_mask", "callback",
                                             "disable_pbar", "seed")),
     ("comfy.samplers", "KSAMPLER.__init__", ("sampler_function", "extra_options")),
+    ("folder_paths", "get_system_user_directory", ("name",)),  # compile_cache: where compiled graphs live
 ]
 
 

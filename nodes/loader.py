@@ -16,7 +16,7 @@ from comfy_api.latest import io
 
 from ..add_turbo import checkpoints, diffusers_folders
 from ..add_turbo.checkpoints import CheckpointError
-from . import compiling, host_api, precision, weights
+from . import compile_cache, compiling, host_api, precision, weights
 from .convert import folder_state_dict
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,9 @@ class ADDTurboLoader(io.ComfyNode):
                 io.Combo.Input("compile", options=list(compiling.COMPILE_MODES), default="off", optional=True,
                                tooltip="torch.compile the UNet and the text encoder layers. The loader runs a "
                                        "512x512 warm-up and reports its time; another image size or batch compiles "
-                                       "once more on its first run. "
+                                       "once more on its first run. Compiled graphs are kept on disk (user/__cache/"
+                                       "add_turbo_compile, or ADD_TURBO_COMPILE_CACHE), per checkpoint and options: "
+                                       "the next start loads them in seconds. "
                                        "'+ cuda graphs' replays each UNet call as one CUDA graph (GPU only)."),
             ],
             outputs=[
@@ -192,9 +194,15 @@ class ADDTurboLoader(io.ComfyNode):
     @classmethod
     def execute(cls, ckpt_name, weight_dtype="auto", decoder="full", attention="sdpa", channels_last=True,
                 compile="off") -> io.NodeOutput:
-        model, clip, vae, _ = load_turbo(_resolve(ckpt_name), weight_dtype, decoder, attention, channels_last, compile)
+        path = _resolve(ckpt_name)
+        options = (weight_dtype, decoder, attention, channels_last, compile)
         if compile == "off":
-            return io.NodeOutput(model, clip, vae)
-        message = compiling.warm_up(model, clip, vae, compile)
+            return io.NodeOutput(*load_turbo(path, *options)[:3])
+        # The decoder is not compiled: switching it must not compile the UNet again.
+        cache = compile_cache.for_checkpoint(path, {"weight_dtype": weight_dtype, "attention": attention,
+                                                    "channels_last": channels_last, "compile": compile})
+        with compiling.caching_into(cache):
+            model, clip, vae, _ = load_turbo(path, *options)
+        message = compiling.warm_up(model, clip, vae, compile, cache)
         return io.NodeOutput(model, clip, vae, ui={"text": [message]})
 

@@ -227,17 +227,26 @@ def test_determinism_across_runs_restarts_and_batches(server, client, tiny_model
     batch["3"]["inputs"]["batch_size"] = 3
     images = _pngs(client, client.run(batch))
     single_k = _pngs(client, client.run(txt2img_prompt(name, seed=44, steps=3, size=64, prefix="det_k")))
-    # PNG metadata holds the prompt (batch_size differs), so compare pixels.
-    assert _pixels(images[0]) == _pixels(first[0]) and _pixels(images[2]) == _pixels(single_k[0])
-    assert _pixels(images[1]) != _pixels(images[0])
+    # PNG metadata holds the prompt (batch_size differs), so compare pixels. A batch takes other
+    # kernels than a single image: equal up to fp32 rounding, which can tip a pixel that sits on a
+    # rounding edge by one 8-bit level, never more.
+    assert _levels_apart(images[0], first[0]) <= 1 and _levels_apart(images[2], single_k[0]) <= 1
+    assert _levels_apart(images[1], images[0]) > 10  # another seed is another image
 
 
-def _pixels(png: bytes) -> bytes:
+def _pixels(png: bytes):
+    """[H, W, C] int array of a PNG's pixels."""
     import io
 
+    import numpy as np
     from PIL import Image
 
-    return Image.open(io.BytesIO(png)).tobytes()
+    return np.asarray(Image.open(io.BytesIO(png))).astype(int)
+
+
+def _levels_apart(a: bytes, b: bytes) -> int:
+    """The largest difference between two PNGs' pixels, in 8-bit levels."""
+    return int(abs(_pixels(a) - _pixels(b)).max())
 
 
 def test_long_session_keeps_memory_flat_and_leaves_no_threads(server, client, tiny_models):
