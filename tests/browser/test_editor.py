@@ -103,6 +103,18 @@ def _set_live(editor, sample_id, on):
                 % ("true" if on else "false"), sample_id, timeout=5)
 
 
+def _wait_or_explain(editor, expression: str, arg):
+    """editor.wait, but a time-out names live mode's state (what it queued, what runs, what is pending)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        return editor.wait(expression, arg, timeout=WAIT_S)
+    except PlaywrightTimeout:
+        state = editor.js("() => { const l = window.ADDTurboLive; return JSON.stringify({stats: l.stats, "
+                          "running: l.running, pending: [...l.pending], lastError: String(l.lastError ?? '')}); }")
+        raise AssertionError(f"live mode did not get there in {WAIT_S} s (waited for {arg}); its state: {state}")
+
+
 def _focus_prompt(editor, renderer, text_id):
     """Put the caret at the end of the prompt's text box, as a user clicking into it would."""
     if renderer == "vue":
@@ -184,15 +196,16 @@ def test_live_mode_converges_to_the_last_edit_and_shows_image_and_label(editor, 
 
     # Type edit after edit, each as soon as the previous one's run has started, until a newer edit has
     # caught a stale run (running: interrupted; queued: dropped).
-    _focus_prompt(editor, renderer, text_id)
     edits = [", red boats", ", blue sky", ", seagulls", ", storm clouds", ", lighthouse", ", dusk", ", fog", ", rain"]
     typed = 0
     for text in edits:
         queued = _stats(editor)["queued"]
+        _focus_prompt(editor, renderer, text_id)  # each time: the editor may have taken focus back
         editor.page.keyboard.type(text, delay=10)
         typed += 1
-        editor.wait("(n) => { const l = window.ADDTurboLive; return l.stats.queued > n"
-                    " && (l.pending.size === 0 || l.pending.has(l.running)); }", queued, timeout=WAIT_S)
+        assert editor.node_js(text_id, "(n) => n.widgets[0].value").endswith(text), "the typed edit did not land"
+        _wait_or_explain(editor, "(n) => { const l = window.ADDTurboLive; return l.stats.queued > n"
+                                 " && (l.pending.size === 0 || l.pending.has(l.running)); }", queued)
         stats = _stats(editor)
         if typed >= 3 and stats["interrupted"] + stats["dropped"] >= 1:
             break
