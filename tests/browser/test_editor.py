@@ -120,7 +120,10 @@ def _focus_prompt(editor, renderer, text_id):
     if renderer == "vue":
         editor.page.locator(f'.lg-node[data-node-id="{text_id}"] textarea').click()
     else:
-        editor.node_js(text_id, "(n) => n.widgets[0].inputEl.focus()")
+        # Focus until it holds: a single focus() was sometimes lost while the newest frontend was still
+        # placing its DOM widgets (the typed text then went nowhere).
+        editor.wait("(id) => { const el = window.addTurboTest.node(id).widgets[0].inputEl; el.focus();"
+                    " return document.activeElement === el; }", text_id, timeout=WAIT_S)
     editor.page.keyboard.press("Control+End")
 
 
