@@ -7,8 +7,8 @@ text encode (a new prompt every image, so no prompt-cache hit, except in the 'pr
 row), sampling, decode to an image on the CPU; the device is synchronised after each stage so the
 stage times add up to the end-to-end time.
 
-  python bench/gpu.py                                     # both families, all variants
-  python bench/gpu.py --families sd_turbo --images 20 --rounds 3 --variants pack_fast,diffusers_fp16_tiny
+  python -m bench.gpu                                     # both families, all variants
+  python -m bench.gpu --families sd_turbo --images 20 --rounds 3 --variants pack_fast,diffusers_fp16_tiny
 """
 
 from __future__ import annotations
@@ -22,11 +22,9 @@ import time
 import traceback
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from devkit import graphs, host
 
-from bench import graphs  # noqa: E402
-from tests.support import host  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 PROMPT = "a cinematic photo of a red fox in the snow, golden hour"
 SEED = 1234
@@ -72,7 +70,7 @@ def build_models(family: str, bench_dir: Path, smoke: bool = False):
     import torch
     from safetensors.torch import save_file
 
-    from tests.support import turbo_models
+    from devkit import turbo_models
 
     started = time.perf_counter()
     with torch.no_grad():
@@ -108,14 +106,14 @@ def comfy_runner(variant: str, family: str, ckpt: str):
             options["compile"] = "inductor"
         elif variant != "pack_fast_eager":
             options["compile"] = "inductor + cuda graphs"
-    model, clip, vae, info = graphs.load(ckpt, variant == "stock", **options)
+    model, clip, vae, info = graphs.load_stock_or_pack(ckpt, variant == "stock", **options)
     latent = {"samples": torch.zeros([1, 4, SIZE // 8, SIZE // 8])}
 
     def run(prompt):
         stages = Stages()
         (cond,) = nodes.CLIPTextEncode().encode(clip, prompt)
         stages.mark("text")
-        out = graphs.sample(model, cond, latent, SEED, variant == "stock", spacing="trailing")
+        out = graphs.sample_stock_or_pack(model, cond, latent, SEED, variant == "stock", spacing="trailing")
         stages.mark("unet")
         (image,) = nodes.VAEDecode().decode(vae, out)
         image.cpu()
@@ -285,7 +283,7 @@ def main() -> int:
         DEVICE = "cpu"
         host.init_in_process()
     elif not torch.cuda.is_available():
-        print("bench/gpu.py needs a CUDA GPU (this machine has none); use scripts/bench.sh speed on CPU", file=sys.stderr)
+        print("bench.gpu needs a CUDA GPU (this machine has none); use scripts/bench.sh speed on CPU", file=sys.stderr)
         return 2
     else:
         host.init_in_process(flags=host.GPU_HOST_FLAGS)

@@ -1,7 +1,7 @@
 """Where one image's time goes on the GPU: a Python profile per variant, and torch.compile's recompiles
 and graph breaks. A diagnostic next to bench/gpu.py (same models and graphs).
 
-  python bench/gpu_profile.py --variants pack_fast_eager,pack_fast,stock --images 10
+  python -m bench.gpu_profile --variants pack_fast_eager,pack_fast,stock --images 10
 """
 
 from __future__ import annotations
@@ -10,13 +10,9 @@ import argparse
 import cProfile
 import io
 import pstats
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import gpu  # noqa: E402  (bench/gpu.py)
+from bench import gpu
 
 
 def main() -> int:

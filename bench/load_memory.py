@@ -2,7 +2,8 @@
 
 Builds (once, cached) a random-weight single file with the real SD 2.1 sizes, then loads it in fresh
 processes, alternating stock and pack (A B A B ...). Each child resets the kernel's peak-RSS counter
-after ComfyUI has started, so the figure is the load alone. Run: scripts/bench.sh load_memory
+after ComfyUI has started, so the figure is the load alone. Run: scripts/bench.sh load_memory (or, in the
+host's Python from the repository root, python -m bench.load_memory)
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from devkit import host
 
-from tests.support import host  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 CKPT_NAME = "bench_sd21_full_random.safetensors"
 
@@ -70,7 +70,7 @@ def main() -> int:
         child(args.child)
         return 0
     sys.path.insert(0, str(host.COMFY_DIR))
-    from tests.support import turbo_models
+    from devkit import turbo_models
 
     target = host.BASE_DIR / "models" / "checkpoints" / CKPT_NAME
     t0 = time.perf_counter()
@@ -81,7 +81,8 @@ def main() -> int:
     results = []
     for _ in range(args.rounds):
         for which in ("stock", "pack"):
-            out = subprocess.run([sys.executable, __file__, "--child", which], capture_output=True, text=True, check=True)
+            out = subprocess.run([sys.executable, "-m", "bench.load_memory", "--child", which], cwd=REPO,
+                                 capture_output=True, text=True, check=True)
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
             r = results[-1]
             print(f"{which:5s}  load {r['seconds']:6.1f} s  peak RSS {r['peak_gib']:5.2f} GiB "

@@ -7,11 +7,13 @@ median and min over the rounds, peak RSS, ratios to the stock graph. Writes a ma
 
   scripts/bench.sh speed                                  # 512 px, batch 1, 3 rounds, all variants
   scripts/bench.sh speed --sizes 256,512,768,1024 --batches 1,2,4 --variants pack_fast,stock
+  python -m bench.speed ...                               # the same in the host's Python, from the repository root
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -21,11 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from devkit import graphs, host
 
-from bench import graphs  # noqa: E402
-from tests.support import host  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 CKPT = "bench_sd21_full_random.safetensors"
 PROMPT = "a cinematic photo of a red fox in the snow, golden hour"
@@ -41,18 +41,33 @@ VARIANTS = {
 
 
 def _peak_gib() -> float:
+    """The process's peak resident memory since the last _reset_peak (VmHWM)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 2**20
     return float("nan")
 
 
-class Timer:
-    def __init__(self):
-        self.stages = {}
+def _reset_peak() -> None:
+    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM to the current RSS)."""
+    Path("/proc/self/clear_refs").write_text("5")
 
-    def add(self, name, seconds):
-        self.stages[name] = self.stages.get(name, 0.0) + seconds
+
+class Timer:
+    """Seconds and peak RSS (GiB) per stage of one run."""
+
+    def __init__(self):
+        self.stages, self.peaks = {}, {}
+
+    @contextlib.contextmanager
+    def stage(self, name):
+        _reset_peak()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[name] = self.stages.get(name, 0.0) + time.perf_counter() - start
+            self.peaks[name] = max(self.peaks.get(name, 0.0), _peak_gib())
 
 
 def _comfy_variant(variant, size, batch):
@@ -65,19 +80,17 @@ def _comfy_variant(variant, size, batch):
         options = {"weight_dtype": "bf16", "decoder": "taesd"}
     if variant == "pack_fast_compile":
         options["compile"] = "inductor"
-    model, clip, vae, _ = graphs.load(CKPT, variant == "stock", **options)
+    model, clip, vae, _ = graphs.load_stock_or_pack(CKPT, variant == "stock", **options)
 
     def run(timer, prompt):
-        t = time.perf_counter()
-        (cond,) = nodes.CLIPTextEncode().encode(clip, prompt)
-        timer.add("text", time.perf_counter() - t)
-        latent = {"samples": torch.zeros([batch, 4, size // 8, size // 8])}
-        t = time.perf_counter()
-        out = graphs.sample(model, cond, latent, SEED, variant == "stock")
-        timer.add("unet", time.perf_counter() - t)
-        t = time.perf_counter()
-        (image,) = nodes.VAEDecode().decode(vae, out)
-        timer.add("decode", time.perf_counter() - t)
+        with torch.inference_mode():  # as ComfyUI's executor runs every node
+            with timer.stage("text"):
+                (cond,) = nodes.CLIPTextEncode().encode(clip, prompt)
+            latent = {"samples": torch.zeros([batch, 4, size // 8, size // 8])}
+            with timer.stage("unet"):
+                out = graphs.sample_stock_or_pack(model, cond, latent, SEED, variant == "stock")
+            with timer.stage("decode"):
+                (image,) = nodes.VAEDecode().decode(vae, out)
         return image.float()
 
     return run
@@ -98,10 +111,8 @@ def _diffusers_variant(variant, size, batch):
 
     def timed(module_fn, name, timer):
         def wrapper(*args, **kwargs):
-            t = time.perf_counter()
-            out = module_fn(*args, **kwargs)
-            timer.add(name, time.perf_counter() - t)
-            return out
+            with timer.stage(name):
+                return module_fn(*args, **kwargs)
         return wrapper
 
     originals = (pipe.unet.forward, pipe.vae.decode, pipe.text_encoder.forward)
@@ -126,22 +137,24 @@ def child(variant, size, batch, out_image):
     else:
         host.init_in_process()
         run = _comfy_variant(variant, size, batch)
+    load_peak = _peak_gib()
     run(Timer(), PROMPT + ", warm-up")  # another prompt: the timed run encodes its prompt (no cache hit)
     timer = Timer()
     start = time.perf_counter()
     image = run(timer, PROMPT)
     total = time.perf_counter() - start
+    peaks = {"load": load_peak, **timer.peaks}
     if out_image:
         import torch
 
         torch.save(image[:1].clone(), out_image)
     print(json.dumps({"variant": variant, "size": size, "batch": batch, "total": total, **timer.stages,
-                      "peak_gib": _peak_gib()}))
+                      "peaks": peaks, "peak_gib": max(peaks.values())}))
 
 
 def _ensure_models():
     host.init_in_process()  # the model factory uses the host's key maps and TAESD classes
-    from tests.support import turbo_models
+    from devkit import turbo_models
 
     bench = host.HOME / "bench"
     turbo_models.build_full_size_sd21(bench / CKPT, bench / "sd21_full_random_diffusers")
@@ -184,8 +197,8 @@ def main() -> int:
         for size, batch in configs:
             for variant in variants:
                 image = host.HOME / "bench" / f"img_{variant}_{size}.pt" if round_index == 0 and batch == 1 else None
-                proc = subprocess.run([sys.executable, __file__, "--child", variant, str(size), str(batch),
-                                       str(image) if image else "-"], capture_output=True, text=True)
+                proc = subprocess.run([sys.executable, "-m", "bench.speed", "--child", variant, str(size), str(batch),
+                                       str(image) if image else "-"], cwd=REPO, capture_output=True, text=True)
                 if proc.returncode != 0:
                     # e.g. killed for memory (exit -9): recorded as a result, the run goes on
                     print(f"round {round_index + 1} {variant:20s} {size:4d}px x{batch}: FAILED (exit "
@@ -206,16 +219,25 @@ def main() -> int:
     return 0
 
 
+def _stage_peaks(rows) -> str:
+    """'load / text / UNet / decode' peak RSS in GiB, the largest over the rounds."""
+    stages = ("load", "text", "unet", "decode")
+    return " / ".join(f"{max(r['peaks'].get(k, float('nan')) for r in rows):.2f}" for k in stages)
+
+
 def _report(results, images, variants, configs) -> str:
     import torch
 
     lines = ["# ADD Turbo speed, SD-Turbo (SD 2.1 sizes, random weights), 1 step\n",
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
              f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}. Median (min) seconds of the rounds; "
-             "each run after an untimed warm-up in its own process.\n"]
+             "each run after an untimed warm-up in its own process; ComfyUI variants under torch.inference_mode, as its "
+             "executor runs nodes. Peak RSS is the whole process's (models included): the largest of the peaks at load "
+             "and in each stage of the timed run, which are listed after it.\n"]
     for size, batch in configs:
         lines += [f"\n## {size}x{size}, batch {batch}\n",
-                  "| variant | end to end | text | UNet | decode | vs stock | peak RSS GiB |", "|---|---|---|---|---|---|---|"]
+                  "| variant | end to end | text | UNet | decode | vs stock | peak RSS GiB | at load / text / UNet / decode |",
+                  "|---|---|---|---|---|---|---|---|"]
         rows = {v: [r for r in results if r["variant"] == v and r["size"] == size and r["batch"] == batch
                     and "failed" not in r] for v in variants}
         stock = statistics.median(r["total"] for r in rows["stock"]) if rows.get("stock") else None
@@ -224,13 +246,13 @@ def _report(results, images, variants, configs) -> str:
             if not rs:
                 codes = {r["failed"] for r in results if r["variant"] == variant and r["size"] == size and r["batch"] == batch}
                 lines.append(f"| {VARIANTS[variant]} | failed (exit {', '.join(map(str, codes))}; -9 = killed, "
-                             "usually out of memory) | | | | | |")
+                             "usually out of memory) | | | | | | |")
                 continue
             med = {k: statistics.median(r.get(k, 0.0) for r in rs) for k in ("total", "text", "unet", "decode")}
             ratio = f"{med['total'] / stock:.2f}x" if stock else "-"
             lines.append(f"| {VARIANTS[variant]} | {med['total']:.2f} ({min(r['total'] for r in rs):.2f}) | "
                          f"{med['text']:.2f} | {med['unet']:.2f} | {med['decode']:.2f} | {ratio} | "
-                         f"{max(r['peak_gib'] for r in rs):.2f} |")
+                         f"{max(r['peak_gib'] for r in rs):.2f} | {_stage_peaks(rs)} |")
     for size, _ in configs:
         if ("stock", size) in images and ("pack_exact", size) in images:
             a, b = torch.load(images[("stock", size)]), torch.load(images[("pack_exact", size)])

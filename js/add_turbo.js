@@ -5,6 +5,11 @@
 // interrupts the stale running prompt and deletes stale queued ones, so the image converges to the
 // latest state and the queue never grows. Only the pack's nodes are modified; other nodes are read.
 //
+// Continuous mode (a stream, for a live canvas or a camera) is live mode that never interrupts: the
+// next run is queued as soon as the last one ends, when something upstream changed meanwhile (an image
+// edited in the mask editor, a prompt) or a webcam upstream captures a new frame with each run. One
+// run at a time; the node shows the frames per second reached.
+//
 // Works on the old frontends (numeric or string node ids, canvas renderer) and the newer ones
 // (string ids, subgraphs, the Vue node renderer). Nodes are addressed by execution id: the ids of
 // the subgraph nodes that contain a node, then its own id, joined by ":" (e.g. "7:4").
@@ -14,6 +19,9 @@ import { api } from "../../scripts/api.js";
 const PACK_NODES = new Set(["ADDTurboLoader", "ADDTurboScheduler", "ADDTurboSampler", "ADDTurboSample", "ADDTurboRefine"]);
 const LIVE_NODES = new Set(["ADDTurboSample", "ADDTurboRefine"]);
 const DEBOUNCE_SETTING = "ADDTurbo.Live.DebounceMs";
+// The node's own mode toggles, not part of what the image depends on.
+const MODE_WIDGETS = new Set(["live", "continuous"]);
+const FPS_WINDOW = 5; // runs the frame rate is averaged over
 const POLL_MS = 100;
 const COLOR = "#4b2f73";
 const BGCOLOR = "#2f2340";
@@ -31,7 +39,14 @@ const live = {
   running: null,      // prompt id currently executing (any source)
   started: new Map(), // prompt id -> performance.now() at execution_start
   lastError: null,    // why the server refused the last prompt live mode sent, until one is accepted
-  stats: { edits: 0, queued: 0, interrupted: 0, dropped: 0, rejected: 0 },
+  continuous: false,  // whether a live node is in continuous mode, at the last poll
+  queuedSignature: null, // upstream widget values when the last prompt was queued
+  halted: false,      // continuous mode's last run failed or was refused: wait for a change, even from a webcam
+  queuedAt: new Map(), // prompt id -> performance.now() when live mode began to queue it
+  lastFrameAt: null,  // performance.now() when the stream's last run completed
+  frameTimes: [],     // wall time of the stream's last runs, ms
+  fps: null,          // runs per second the stream reached, over the last FPS_WINDOW
+  stats: { edits: 0, queued: 0, interrupted: 0, dropped: 0, rejected: 0, completed: 0, streamed: 0 },
 };
 
 // --- graph access: root graph, subgraphs, execution ids ---------------------------------------
@@ -81,13 +96,19 @@ function inputLink(node, slot) {
   return getInputLink?.call(node, slot) ?? null;
 }
 
-function liveWidget(node) {
-  return node.widgets?.find((w) => w.name === "live");
+function widgetValue(node, name) {
+  return node.widgets?.find((w) => w.name === name)?.value;
 }
 
-// Derived from the widget itself: the canvas and the Vue renderer both set its value.
+function isContinuous(node) {
+  return LIVE_NODES.has(node.comfyClass) && widgetValue(node, "continuous") === true;
+}
+
+// Derived from the widgets themselves: the canvas and the Vue renderer both set their values.
+// Continuous mode is live mode too.
 function liveNodes() {
-  return allNodes().filter(({ node }) => LIVE_NODES.has(node.comfyClass) && liveWidget(node)?.value === true);
+  return allNodes().filter(({ node }) => LIVE_NODES.has(node.comfyClass)
+    && (widgetValue(node, "live") === true || widgetValue(node, "continuous") === true));
 }
 
 // --- what the image depends on ----------------------------------------------------------------
@@ -116,16 +137,29 @@ function linkSources(node, path, slot) {
   return sources;
 }
 
-// Values of every widget on the nodes that feed `node` (and on `node` itself), in a stable order.
-function upstreamSignature(node, path, seen = new Set()) {
+// `node` and every node that feeds it, each once, in a stable order.
+function upstreamNodes(node, path, seen = new Set(), found = []) {
   const id = executionId(node, path);
-  if (seen.has(id)) return [];
+  if (seen.has(id)) return found;
   seen.add(id);
-  const values = [[id, (node.widgets ?? []).filter((w) => w.name !== "live").map((w) => w.value)]];
+  found.push({ node, id });
   for (let slot = 0; slot < (node.inputs?.length ?? 0); slot++) {
-    for (const source of linkSources(node, path, slot)) values.push(...upstreamSignature(source.node, source.path, seen));
+    for (const source of linkSources(node, path, slot)) upstreamNodes(source.node, source.path, seen, found);
   }
-  return values;
+  return found;
+}
+
+// Values of every widget on the nodes that feed `node` (and on `node` itself).
+function upstreamSignature(node, path) {
+  return upstreamNodes(node, path).map(({ node: n, id }) =>
+    [id, (n.widgets ?? []).filter((w) => !MODE_WIDGETS.has(w.name)).map((w) => w.value)]);
+}
+
+// The built-in Webcam Capture takes a new frame each time the graph is queued (unless its
+// capture_on_queue is off), with no widget change to see: every run of a stream from it is new.
+function capturesOnQueue(node, path) {
+  return upstreamNodes(node, path).some(({ node: n }) => (n.comfyClass ?? n.constructor?.comfyClass) === "WebcamCapture"
+    && (n.mode ?? 0) === 0 && widgetValue(n, "capture_on_queue") !== false);
 }
 
 function currentSignature(nodes = liveNodes()) {
@@ -182,6 +216,7 @@ async function dropStale() {
       live.stats.dropped++;
     }
     live.pending.delete(id);
+    live.queuedAt.delete(id);
   }
 }
 
@@ -198,6 +233,7 @@ function rejectionText(error) {
 function reportRejected(error) {
   live.lastError = rejectionText(error);
   live.stats.rejected++;
+  live.halted = true;
   // A refused prompt is the user's to fix (a missing file, a bad value): warn, and keep watching edits.
   console.warn(`[ADD Turbo] live mode: the server did not queue the prompt: ${live.lastError}`);
   app.extensionManager?.toast?.add?.({ severity: "error", summary: "ADD Turbo live mode", detail: live.lastError, life: 6000 });
@@ -206,7 +242,8 @@ function reportRejected(error) {
 async function queueLatest() {
   const signature = currentSignature();
   if (signature === null) return;
-  live.signature = signature;
+  live.signature = live.queuedSignature = signature;
+  const requested = performance.now(); // a webcam's capture and upload are part of a frame's time
   try {
     await dropStale();
     const prompt = await app.graphToPrompt();
@@ -214,6 +251,7 @@ async function queueLatest() {
     live.lastError = null;
     if (result?.prompt_id) {
       live.pending.add(result.prompt_id);
+      live.queuedAt.set(result.prompt_id, requested);
       live.stats.queued++;
     }
   } catch (error) {
@@ -221,35 +259,67 @@ async function queueLatest() {
   }
 }
 
+function requestQueue() {
+  // One request at a time, or a prompt still being sent could escape the next one's dropStale.
+  const request = (live.queueing ?? Promise.resolve()).then(queueLatest);
+  live.queueing = request;
+  request.then(() => {
+    if (live.queueing === request) live.queueing = null;
+  });
+}
+
 function scheduleQueue() {
   clearTimeout(live.timer);
   live.timer = setTimeout(() => {
     live.timer = null;
-    // One request at a time, or a prompt still being sent could escape the next one's dropStale.
-    const request = (live.queueing ?? Promise.resolve()).then(queueLatest);
-    live.queueing = request;
-    request.then(() => {
-      if (live.queueing === request) live.queueing = null;
-    });
+    requestQueue();
   }, debounceMs());
+}
+
+// Continuous mode: once nothing live mode queued is in flight, queue the next run if the upstream
+// values changed since the last one was queued, or a webcam upstream takes a new frame. Read from the
+// widgets each time, so a stream stops as soon as continuous mode is off or its node is gone.
+function continueStream() {
+  const nodes = liveNodes();
+  const streams = nodes.filter(({ node }) => isContinuous(node));
+  if (!streams.length || live.pending.size || live.queueing || live.timer) return;
+  const changed = currentSignature(nodes) !== live.queuedSignature;
+  if (!changed && (live.halted || !streams.some(({ node, path }) => capturesOnQueue(node, path)))) return;
+  live.halted = false;
+  live.stats.streamed++;
+  requestQueue();
+}
+
+function resetStream() {
+  live.halted = false;
+  live.lastFrameAt = null;
+  live.frameTimes = [];
+  live.fps = null;
 }
 
 function poll() {
   showLabelsInVueNodes();
   const nodes = liveNodes();
   const liveKey = nodes.map(({ node, path }) => executionId(node, path)).join(",");
+  const continuous = nodes.some(({ node }) => isContinuous(node));
   const signature = currentSignature(nodes);
-  if (signature === null || liveKey !== live.liveKey) {
-    // Turning live mode on (or loading another graph) does not queue by itself.
+  if (signature === null || liveKey !== live.liveKey || continuous !== live.continuous) {
+    // Turning live mode on (or loading another graph) does not queue by itself; continuous mode
+    // starts a stream from a webcam only.
+    if (continuous !== live.continuous) resetStream();
     live.liveKey = liveKey;
-    live.signature = signature;
+    live.continuous = continuous;
+    live.signature = live.queuedSignature = signature;
+    if (continuous) continueStream();
     return;
   }
   if (signature !== live.signature) {
     live.signature = signature;
     live.stats.edits++;
-    scheduleQueue();
+    // A stream never interrupts: the change goes into the next run, queued when the current one ends.
+    if (!continuous) scheduleQueue();
   }
+  if (continuous) continueStream();
 }
 
 // --- execution events ----------------------------------------------------------------------------
@@ -259,20 +329,51 @@ function onExecutionStart({ detail }) {
   if (live.running) live.started.set(live.running, performance.now());
 }
 
-function onExecutionEnd({ detail }) {
+// A stream run completed: its wall time runs from the previous completion, or from its queueing
+// after a pause (so an idle stream does not lower the rate).
+function recordFrame(queuedAt, now) {
+  const since = Math.max(live.lastFrameAt ?? -Infinity, queuedAt ?? -Infinity);
+  live.lastFrameAt = now;
+  if (!Number.isFinite(since)) return;
+  live.frameTimes = [...live.frameTimes, now - since].slice(-FPS_WINDOW);
+  const total = live.frameTimes.reduce((sum, ms) => sum + ms, 0);
+  if (total > 0) live.fps = (live.frameTimes.length * 1000) / total;
+}
+
+function fpsText() {
+  return live.fps === null ? "" : `${live.fps.toFixed(live.fps < 1 ? 2 : 1)} fps, `;
+}
+
+async function onExecutionEnd({ detail }) {
   const id = detail?.prompt_id;
   if (!id) return;
+  const now = performance.now();
+  // A short run can end before the answer to its queue request arrives: let that request finish,
+  // so the id is known as live mode's before it is taken off `pending`.
+  await live.queueing;
   const start = live.started.get(id);
+  const queuedAt = live.queuedAt.get(id);
   live.started.delete(id);
-  live.pending.delete(id);
+  live.queuedAt.delete(id);
+  const ours = live.pending.delete(id);
   if (live.running === id) live.running = null;
-  if (start === undefined || detail?.interrupted) return;
-  const seconds = (performance.now() - start) / 1000;
-  for (const { node } of allNodes()) {
-    if (!LIVE_NODES.has(node.comfyClass)) continue;
-    const batch = node.addTurboBatch || 1;
-    setLabel(node, `last run ${seconds.toFixed(2)} s` + (batch > 1 ? ` (${(seconds / batch).toFixed(2)} s/image)` : ""));
+  const stream = ours && liveNodes().some(({ node }) => isContinuous(node));
+  if (ours && !detail?.interrupted) {
+    live.stats.completed++;
+    if (stream) recordFrame(queuedAt, now);
   }
+  // A failed or stopped stream run waits for a change: a broken graph must not loop on a webcam.
+  if (stream && detail?.interrupted) live.halted = true;
+  if (start !== undefined && !detail?.interrupted) {
+    const seconds = (now - start) / 1000;
+    for (const { node } of allNodes()) {
+      if (!LIVE_NODES.has(node.comfyClass)) continue;
+      const batch = node.addTurboBatch || 1;
+      setLabel(node, (stream && isContinuous(node) ? fpsText() : "") + `last run ${seconds.toFixed(2)} s`
+        + (batch > 1 ? ` (${(seconds / batch).toFixed(2)} s/image)` : ""));
+    }
+  }
+  continueStream();
 }
 
 function onExecuted({ detail }) {
@@ -307,9 +408,18 @@ app.registerExtension({
       this.color = COLOR;
       this.bgcolor = BGCOLOR;
       if (LIVE_NODES.has(nodeData.name)) {
-        // No callback needed: the poll reads the value, however a renderer sets it.
-        const widget = this.addWidget("toggle", "live", false, () => {}, { on: "live: on", off: "live: off", serialize: false });
-        widget.serialize = false; // not part of the saved widget values
+        // No callbacks needed: the poll reads the values, however a renderer sets them.
+        const toggles = [
+          ["live", "Queue the graph after each edit upstream of this node; a newer edit interrupts the stale run."],
+          ["continuous", "Live mode as a stream: queue the next run as soon as the last one ends, while an image"
+            + " upstream changes (Load Image edited in the mask editor) or a Webcam Capture takes a new frame each"
+            + " run. One run at a time; shows the frames per second. Turns live mode on."],
+        ];
+        for (const [name, tooltip] of toggles) {
+          const widget = this.addWidget("toggle", name, false, () => {}, { on: `${name}: on`, off: `${name}: off`, serialize: false });
+          widget.serialize = false; // not part of the saved widget values
+          widget.tooltip = tooltip;
+        }
       }
       return result;
     };
@@ -335,7 +445,7 @@ app.registerExtension({
     }
     api.addEventListener("executed", onExecuted);
     setInterval(poll, POLL_MS);
-    // For tests and curious users: window.ADDTurboLive.stats
+    // For tests and curious users: window.ADDTurboLive.stats, .continuous, .fps
     window.ADDTurboLive = live;
   },
 });

@@ -9,7 +9,6 @@ import os
 
 import comfy.model_detection
 import comfy.model_management as mm
-import comfy.sd
 import comfy.utils
 import folder_paths
 from comfy_api.latest import io
@@ -18,6 +17,9 @@ from ..add_turbo import checkpoints, diffusers_folders
 from ..add_turbo.checkpoints import CheckpointError
 from . import compile_cache, compiling, host_api, precision, weights
 from .convert import folder_state_dict
+from .engine import ENGINE_MODES, set_engine
+from .engine import status as engine_status
+from .engine import warm_up as engine_warm_up
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +64,20 @@ def _check_options(weight_dtype, decoder, attention, compile_mode, load_device) 
 
 
 def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full", attention: str = "sdpa",
-               channels_last: bool = True, compile_mode: str = "off"):
+               channels_last: bool = True, compile_mode: str = "off", engine: str = "off"):
     """Load an SD-Turbo / SDXL-Turbo single file or diffusers folder.
 
     Returns:
         (ModelPatcher, CLIP, VAE, CheckpointInfo). The CLIP caches the prompts it encoded; with
-        compile_mode other than "off" the UNet is compiled at its first sampling run.
+        compile_mode other than "off" the UNet is compiled at its first sampling run; with engine
+        "on" the MODEL (and its clones) samples through nodes/engine.py where it can.
     Raises:
         CheckpointError: the file or folder is broken or not a turbo model (message names the fix).
     """
     load_device = mm.get_torch_device()
     _check_options(weight_dtype, decoder, attention, compile_mode, load_device)
+    if engine not in ENGINE_MODES:
+        raise ValueError(f"engine must be one of {ENGINE_MODES}, got {engine!r}")
     prefix = checkpoints.UNET_PREFIX
     if os.path.isdir(path):
         folder = diffusers_folders.inspect_folder(path, prefer_fp16=weight_dtype == "fp16")
@@ -105,7 +110,7 @@ def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full", att
         vae = weights.taesd(info.family, vae_dtype)
     else:
         vae_sd = comfy.utils.state_dict_prefix_replace(sd, {checkpoints.VAE_PREFIX: ""}, filter_keys=True)
-        vae = comfy.sd.VAE(sd=vae_sd, config={"params": info.vae}, dtype=vae_dtype)
+        vae = host_api.TurboVAE(sd=vae_sd, config={"params": info.vae}, dtype=vae_dtype)
         del vae_sd
         if attention == "sdpa":
             host_api.use_sdpa_in_vae(vae)
@@ -131,7 +136,8 @@ def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full", att
     if compile_mode != "off":
         host_api.compile_unet(patcher, compile_mode)
         host_api.compile_text_encoders(clip, compile_mode)
-    options = (weight_dtype, decoder, attention, channels_last, compile_mode)
+    set_engine(patcher, engine)
+    options = (weight_dtype, decoder, attention, channels_last, compile_mode, engine)
     host_api.register_reload(reload_patchers, (path, *options), patcher, clip, vae)
     log.info("ADD Turbo: loaded %s as %s (UNet %s, decoder %s)", path, info.family_name, unet_dtype, decoder)
     return patcher, clip, vae, info
@@ -183,6 +189,14 @@ class ADDTurboLoader(io.ComfyNode):
                                        "add_turbo_compile, or ADD_TURBO_COMPILE_CACHE), per checkpoint and options: "
                                        "the next start loads them in seconds. "
                                        "'+ cuda graphs' replays each UNet call as one CUDA graph (GPU only)."),
+                io.Combo.Input("engine", options=list(ENGINE_MODES), default="off", optional=True,
+                               tooltip="on: sample without the host's per-step machinery (conditioning copies, "
+                                       "memory checks, guider), same result. On a CUDA GPU the steps are recorded "
+                                       "as one CUDA graph per batch, size and steps (static buffers, replayed; "
+                                       "the 512x512 one during a warm-up at load); on CPU the same direct path "
+                                       "runs without recording. Anything it cannot run (LoRA or other patches, "
+                                       "hooks, ControlNet, masks, areas, sizes not a multiple of 64 px on CUDA) "
+                                       "takes the normal path, with the reason in the log."),
             ],
             outputs=[
                 io.Model.Output(tooltip="The turbo UNet, epsilon prediction."),
@@ -193,16 +207,22 @@ class ADDTurboLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, ckpt_name, weight_dtype="auto", decoder="full", attention="sdpa", channels_last=True,
-                compile="off") -> io.NodeOutput:
+                compile="off", engine="off") -> io.NodeOutput:
         path = _resolve(ckpt_name)
-        options = (weight_dtype, decoder, attention, channels_last, compile)
-        if compile == "off":
+        options = (weight_dtype, decoder, attention, channels_last, compile, engine)
+        if compile == "off" and engine == "off":
             return io.NodeOutput(*load_turbo(path, *options)[:3])
-        # The decoder is not compiled: switching it must not compile the UNet again.
-        cache = compile_cache.for_checkpoint(path, {"weight_dtype": weight_dtype, "attention": attention,
-                                                    "channels_last": channels_last, "compile": compile})
-        with compiling.caching_into(cache):
+        messages = []
+        if compile == "off":
             model, clip, vae, _ = load_turbo(path, *options)
-        message = compiling.warm_up(model, clip, vae, compile, cache)
-        return io.NodeOutput(model, clip, vae, ui={"text": [message]})
+        else:
+            # The decoder and the engine are not compiled: switching them must not compile the UNet again.
+            cache = compile_cache.for_checkpoint(path, {"weight_dtype": weight_dtype, "attention": attention,
+                                                        "channels_last": channels_last, "compile": compile})
+            with compiling.caching_into(cache):
+                model, clip, vae, _ = load_turbo(path, *options)
+            messages.append(compiling.warm_up(model, clip, vae, compile, cache))
+        if engine == "on":  # after a compile warm-up (which sampled through the engine) its status says enough
+            messages.append(engine_status(model) if compile != "off" else engine_warm_up(model, clip))
+        return io.NodeOutput(model, clip, vae, ui={"text": ["; ".join(messages)]})
 

@@ -9,6 +9,7 @@ import torch
 from comfy_api.latest import io
 
 from ..add_turbo import inputs, noise, samplers, schedules
+from . import engine
 from .host_api import PositiveOnlyGuider
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
@@ -89,19 +90,28 @@ def sample_latent(model, positive, latent, seed, steps, strength, spacing, sampl
     """Guidance-free sampling of a latent batch [B, C, h, w] -> [B, C, h, w] (one model call per step).
 
     strength 1.0 starts from pure noise (the latent is ignored, as in text to image); below 1 the
-    latent is noised to the first sigma, sigma * noise + latent.
+    latent is noised to the first sigma, sigma * noise + latent. With the loader's engine on, the
+    engine samples whenever it computes the same (nodes/engine.py); otherwise the host's sampler
+    does, and why is logged once per model.
     """
     latent = comfy.sample.fix_empty_latent_channels(model, latent)
     check_model_inputs(model, positive, latent)
     sigmas = model_sigmas(model, steps, strength, spacing)
+    sampler_object = turbo_sampler(sampler, eta)  # checks sampler and eta for either path
     if strength >= 1.0:
         latent = torch.zeros_like(latent)
     start_noise = noise.seeded_noise(seed, latent.shape)
+    callback = latent_preview.prepare_callback(model, steps)
+    if engine.engine_on(model):
+        reason = engine.fallback_reason(model, positive, latent, denoise_mask)
+        if reason is None:
+            samples = engine.sample(model, positive, latent, start_noise, sigmas, seed, sampler, eta, callback)
+            return samples.to(comfy.model_management.intermediate_device())
+        engine.log_fallback(model, reason)
     guider = PositiveOnlyGuider(model)
     guider.set_conds(positive)
     guider.set_cfg(1.0)
-    callback = latent_preview.prepare_callback(model, steps)
-    samples = guider.sample(start_noise, latent, turbo_sampler(sampler, eta), sigmas, denoise_mask=denoise_mask,
+    samples = guider.sample(start_noise, latent, sampler_object, sigmas, denoise_mask=denoise_mask,
                             callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
     return samples.to(comfy.model_management.intermediate_device())
 

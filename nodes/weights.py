@@ -3,13 +3,13 @@
 import logging
 
 import comfy.model_management as mm
-import comfy.sd
 import comfy.utils
 import folder_paths
 import torch
 
 from ..add_turbo import checkpoints
 from ..add_turbo.checkpoints import CheckpointError
+from . import host_api
 
 log = logging.getLogger(__name__)
 
@@ -72,4 +72,4 @@ def taesd(family: str, dtype):
         sd.update({f"taesd_{part}.{k}": v for k, v in comfy.utils.load_torch_file(file, safe_load=True).items()})
     sd["vae_scale"] = torch.tensor(0.18215 if family == checkpoints.SD_TURBO else 0.13025)
     sd["vae_shift"] = torch.tensor(0.0)
-    return comfy.sd.VAE(sd=sd, dtype=dtype)
+    return host_api.TurboVAE(sd=sd, dtype=dtype)

@@ -1,20 +1,19 @@
 """Screenshot every example workflow in the editor (headless Chromium) as its thumbnail: workflows/<name>.jpg/.png.
 
 Real weights are not available here, so a thumbnail shows the graph, not its output.
-Run with the host's Python: ~/.cache/add-turbo/venv/bin/python scripts/make_thumbnails.py
+Run in the host's Python from the repository root:
+  ~/.cache/add-turbo/hosts/0.3.75/venv/bin/python -m scripts.make_thumbnails
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from devkit import host
+from devkit.browser import Editor
 
-from tests.support import host  # noqa: E402
-from tests.support.browser import Editor  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:

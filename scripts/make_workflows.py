@@ -1,21 +1,19 @@
 """Write the example workflows (UI format) in workflows/ from the graphs below and a live /object_info.
 
-Run after changing a node's inputs: scripts/bench.sh is not needed; use the host's Python:
-  ~/.cache/add-turbo/venv/bin/python scripts/make_workflows.py
+Run after changing a node's inputs, in the host's Python from the repository root:
+  ~/.cache/add-turbo/hosts/0.3.75/venv/bin/python -m scripts.make_workflows
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from add_turbo.workflow import api_to_ui
+from devkit import host
+from devkit.client import ComfyClient
 
-from add_turbo.workflow import api_to_ui  # noqa: E402
-from tests.support import host  # noqa: E402
-from tests.support.client import ComfyClient  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SD_TURBO, SDXL_TURBO = "sd_turbo.safetensors", "sd_xl_turbo_1.0_fp16.safetensors"
 INPUT_IMAGE, MASKED_IMAGE = "add_turbo_harbour.png", "add_turbo_harbour_masked.png"
@@ -63,12 +61,12 @@ def load_image(name):
 
 ROW = {"1": [0, 0], "2": [340, 0], "3": [340, 260]}
 WORKFLOWS = {
-    "add_turbo_sd_turbo_txt2img": (
+    "SD-Turbo - text to image": (
         "SD-Turbo text to image in 1 step at 512x512: the one-node ADD Turbo Sample, no negative prompt, no CFG.",
         {"1": loader(SD_TURBO), "2": encode(PROMPT), "3": empty(), "4": sample(), "5": decode(("4", 0)),
          "6": save(("5", 0), "add_turbo_txt2img")},
         {**ROW, "4": [700, 0], "5": [1060, 0], "6": [1300, 0]}),
-    "add_turbo_sdxl_turbo_sampler_custom": (
+    "SDXL-Turbo - 4 steps with SamplerCustom": (
         "SDXL-Turbo, 4 steps, with the built-in SamplerCustom: ADD Turbo Scheduler (trailing spacing) and ADD Turbo "
         "Sampler (Euler ancestral with CPU-keyed noise). cfg 1.0, so the negative input is never evaluated.",
         {"1": loader(SDXL_TURBO), "2": encode(PROMPT), "3": empty(),
@@ -79,26 +77,26 @@ WORKFLOWS = {
              "sampler": ["5", 0], "sigmas": ["4", 0], "latent_image": ["3", 0]}},
          "7": decode(("6", 0)), "8": save(("7", 0), "add_turbo_sdxl_custom")},
         {**ROW, "4": [340, 420], "5": [340, 580], "6": [700, 0], "7": [1060, 0], "8": [1300, 0]}),
-    "add_turbo_img2img": (
+    "SD-Turbo - image to image": (
         "Image to image: load an image and refine it with a prompt in 2 steps at strength 0.5 (continuous, never "
         "rounded, never zero steps).",
         {"1": loader(SD_TURBO), "2": encode("an oil painting of a harbour at sunset, thick brush strokes"),
          "3": load_image(INPUT_IMAGE), "4": refine(("3", 0)), "5": save(("4", 0), "add_turbo_img2img")},
         {**ROW, "3": [0, 300], "4": [700, 0], "5": [1060, 0]}),
-    "add_turbo_draft_and_refine": (
+    "SD-Turbo - draft and refine": (
         "Draft and refine: a 1-step 512 px draft, upscaled 1.5x, then refined in 2 steps at the larger size.",
         {"1": loader(SD_TURBO), "2": encode(PROMPT), "3": empty(), "4": sample(), "5": decode(("4", 0)),
          "6": {"class_type": "ImageScaleBy", "inputs": {"image": ["5", 0], "upscale_method": "bicubic", "scale_by": 1.5}},
          "7": refine(("6", 0), steps=2, strength=0.4), "8": save(("7", 0), "add_turbo_refined"),
          "9": {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}}},
         {**ROW, "4": [700, 0], "5": [1060, 0], "6": [1060, 300], "7": [1340, 0], "8": [1700, 0], "9": [1340, 420]}),
-    "add_turbo_masked_refine": (
+    "SD-Turbo - masked refine": (
         "Masked refine (inpaint-like): only the transparent area of the loaded image (its mask) changes, with a soft "
         "edge; every other pixel stays exactly as it was.",
         {"1": loader(SD_TURBO), "2": encode("a full moon in a clear evening sky"), "3": load_image(MASKED_IMAGE),
          "4": refine(("3", 0), steps=2, strength=0.9, mask=("3", 1)), "5": save(("4", 0), "add_turbo_masked")},
         {**ROW, "3": [0, 300], "4": [700, 0], "5": [1060, 0]}),
-    "add_turbo_strength_sweep": (
+    "SD-Turbo - strength sweep": (
         "Strength sweep: the same image refined at strength 0.25, 0.5, 0.75 and 1.0 (1.0 = text to image from the "
         "same seed), saved as one batch to compare what strength does.",
         {"1": loader(SD_TURBO), "2": encode(PROMPT), "3": load_image(INPUT_IMAGE),
@@ -116,7 +114,8 @@ WORKFLOWS = {
 def main() -> int:
     server = host.start_server()
     try:
-        info = ComfyClient(server.url).object_info()
+        with ComfyClient(server.url, events=False) as client:
+            info = client.object_info()
     finally:
         server.stop()
     out = REPO / "workflows"

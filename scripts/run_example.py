@@ -1,4 +1,7 @@
-"""Run the example txt2img workflow on a headless ComfyUI with this pack; print where the PNG is."""
+"""Run the example txt2img workflow on a headless ComfyUI with this pack; print where the PNG is.
+
+Run by scripts/run_example.sh, or in the host's Python from the repository root: python -m scripts.run_example
+"""
 
 from __future__ import annotations
 
@@ -14,10 +17,10 @@ from pathlib import Path
 # it as well, in this process and in the server it starts.
 sys.dont_write_bytecode = True
 os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support import host  # noqa: E402
-from tests.support.client import ComfyClient, txt2img_prompt  # noqa: E402
+from devkit import host  # noqa: E402
+from devkit.client import ComfyClient  # noqa: E402
+from devkit.graphs import txt2img_prompt  # noqa: E402
 
 # Outside the repository, next to the host: the main job never writes into the source tree.
 DEFAULT_OUT = host.HOME / "output"
@@ -55,7 +58,7 @@ def _checkpoint(args) -> tuple[str, int]:
     print(f"no real checkpoint at {real}: building the embedded tiny random-weight SD-Turbo model "
           "(the image will be noise-like; put sd_turbo.safetensors there for a real one)")
     sys.path[:0] = [str(host.COMFY_DIR)]
-    from tests.support import turbo_models
+    from devkit import turbo_models
 
     with _quiet_model_factory():
         model = turbo_models.build("sd_turbo")
@@ -79,19 +82,18 @@ def main() -> int:
     args = parse_args()
 
     ckpt_name, size = _checkpoint(args)
-    server = host.Server(host.free_port())
+    server = host.start_server()
     try:
-        server.wait_ready()
-        client = ComfyClient(server.url)
-        run = client.run(txt2img_prompt(ckpt_name, args.prompt, args.seed, args.steps, size, prefix="add_turbo_example"))
-        if run.error:
-            print(f"error: {run.error['exception_message']}", file=sys.stderr)
-            return 1
-        out = args.out
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / f"add_turbo_example_seed{args.seed}.png"
-        path.write_bytes(client.images(run.prompt_id)[0])
-        client.close()
+        with ComfyClient(server.url) as client:
+            run = client.run(txt2img_prompt(ckpt_name, args.prompt, args.seed, args.steps, size,
+                                            prefix="add_turbo_example"))
+            if run.error:
+                print(f"error: {run.error['exception_message']}", file=sys.stderr)
+                return 1
+            out = args.out
+            out.mkdir(parents=True, exist_ok=True)
+            path = out / f"add_turbo_example_seed{args.seed}.png"
+            path.write_bytes(client.images(run.prompt_id)[0])
         print(f"wrote {path} ({size}x{size}, {args.steps} step(s), checkpoint {ckpt_name})")
         return 0
     finally:

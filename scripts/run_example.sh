@@ -7,4 +7,5 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$repo/scripts/host_env.sh"
 ADD_TURBO_BROWSER=0 "$repo/scripts/build_host.sh"
 cd "$repo"
-exec "$root/venv/bin/python" scripts/run_example.py "$@"
+# -B: no bytecode caches in the checkout the host loads the pack from (the script keeps them out of its server).
+exec "$root/venv/bin/python" -B -m scripts.run_example "$@"

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from tests.support import host
+from devkit import host
 
 
 @pytest.fixture(scope="session")
@@ -20,7 +20,7 @@ def comfy_host():
 @pytest.fixture(scope="session")
 def tiny_models(comfy_host):
     """Both tiny turbo models, placed in the host's checkpoints and diffusers folders."""
-    from tests.support import turbo_models
+    from devkit import turbo_models
 
     models = {family: turbo_models.build(family) for family in turbo_models.BUILDERS}
     for model in models.values():

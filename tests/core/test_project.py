@@ -28,6 +28,37 @@ def test_core_never_imports_the_host():
         assert not _imports(path) & FORBIDDEN_IN_CORE, path
 
 
+def test_the_pack_never_imports_the_development_kit():
+    for folder in ("add_turbo", "nodes"):
+        for path in (REPO / folder).rglob("*.py"):
+            assert not _imports(path) & {"devkit", "tests", "bench", "scripts"}, path
+
+
+def _sys_path_changes(path: Path) -> list[str]:
+    text = path.read_text()
+    changes = []
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            changed = ast.unparse(node.func.value) == "sys.path"
+        elif isinstance(node, (ast.Assign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            changed = any(ast.unparse(t).startswith("sys.path") for t in targets)
+        else:
+            changed = False
+        if changed:
+            changes.append(ast.get_source_segment(text, node))
+    return changes
+
+
+def test_kit_users_run_from_the_repository_root():
+    """Tests, benches and scripts run as modules from the repository root (python -m pytest,
+    python -m bench.speed): none puts the repository on sys.path (the host's ComfyUI may go there)."""
+    for folder in ("bench", "scripts", "tests", "devkit"):
+        for path in (REPO / folder).rglob("*.py"):
+            for change in _sys_path_changes(path):
+                assert "__file__" not in change and "REPO" not in change, (path, change)
+
+
 def test_core_imports_alone_in_a_clean_interpreter():
     code = ("import sys, add_turbo.schedules, add_turbo.samplers, add_turbo.noise, add_turbo.checkpoints;"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'folder_paths', 'nodes')];"

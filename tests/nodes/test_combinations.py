@@ -1,20 +1,20 @@
 """The pack with the built-in nodes users combine it with: LoRA, hook LoRA, ControlNet, torch.compile.
 
-Every add-on is a tiny file of the real format built by `tests.support.tiny_addons` and placed in
+Every add-on is a tiny file of the real format built by `devkit.tiny_addons` and placed in
 the host's own model folders, so the built-in loader nodes read it as they read a downloaded one.
 Latents are compared relative to their magnitude (fp32 rounding of another kernel path), images in
 steps of 1/255 (`tests.support.tolerances`); each case also asserts that the add-on changes the
 result, so an add-on that silently does nothing fails.
 """
 
-import os
 from dataclasses import dataclass
 
 import pytest
 import torch
 
-from tests.support import graphs as g
-from tests.support import host, tiny_addons
+from devkit import graphs as g
+from devkit import tiny_addons
+from tests.support.model_links import linked_into_models
 from tests.support.tolerances import assert_fp32_close, assert_same_image, max_rel_diff
 
 SIZE, PROMPT, SEED, STEPS = 64, "a red fox in the snow", 3, 2
@@ -53,26 +53,15 @@ def executor_mode(comfy_host):
 def addons(tiny_models):
     """The tiny LoRAs, their merged checkpoints and the ControlNet, linked into the host's folders
     for this module (removed afterwards, so other tests see the folders as before)."""
-    placed = []
-
-    def place(src, folder):
-        dst = host.BASE_DIR / "models" / folder / src.name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if not os.path.lexists(dst):
-            os.symlink(src, dst)
-            placed.append(dst)
-        return dst.name
-
-    lora, merged = {}, {}
-    for family, model in tiny_models.items():
-        built = tiny_addons.build_lora(model)
-        lora[family] = place(built.path, "loras")
-        merged[family] = place(tiny_addons.build_merged_checkpoint(model, built, STRENGTH_MODEL, STRENGTH_CLIP),
-                               "checkpoints")
-    controlnet = place(tiny_addons.build_controlnet(tiny_models["sd_turbo"]), "controlnet")
-    yield Addons(lora, merged, controlnet)
-    for dst in placed:
-        dst.unlink(missing_ok=True)
+    with linked_into_models() as place:
+        lora, merged = {}, {}
+        for family, model in tiny_models.items():
+            built = tiny_addons.build_lora(model)
+            lora[family] = place(built.path, "loras")
+            merged[family] = place(tiny_addons.build_merged_checkpoint(model, built, STRENGTH_MODEL, STRENGTH_CLIP),
+                                   "checkpoints")
+        controlnet = place(tiny_addons.build_controlnet(tiny_models["sd_turbo"]), "controlnet")
+        yield Addons(lora, merged, controlnet)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The loader's compiled graphs kept on disk: a new start loads them, keyed by checkpoint and options.
 
 The start-to-start tests run each start as a fresh Python process (an in-process host, as
-tests/support/host.init_in_process builds it) over one temporary cache folder, and read torch's own
+devkit/host.init_in_process builds it) over one temporary cache folder, and read torch's own
 FX graph cache counters to tell what happened: compiled (misses) or loaded (hits only).
 """
 
@@ -30,7 +30,7 @@ def _counts() -> dict:
 
 
 def _image(model, clip, vae):
-    from tests.support import graphs as g
+    from devkit import graphs as g
 
     return g.decode(vae, g.turbo_sample(model, g.encode(clip, PROMPT), g.empty_latent(SIZE), seed=5, steps=1))
 
@@ -40,10 +40,10 @@ def _child(plan: dict) -> None:
 
     Runs in inference mode, as the host's executor runs nodes.
     """
-    from tests.support import host
+    from devkit import host
 
     host.init_in_process()
-    from tests.support import graphs as g
+    from devkit import graphs as g
 
     results = []
     with torch.inference_mode():
@@ -64,13 +64,13 @@ def _child(plan: dict) -> None:
 
 def _start(cache: Path, out: Path, steps: list) -> list[dict]:
     """A new Python process (a new start of the host) over `cache`; what each step reported."""
-    from tests.support import host
+    from devkit import host
 
     env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
     env[CACHE_ENV] = str(cache)
     plan = {"steps": steps, "out": str(out)}
-    run = subprocess.run([str(host.PYTHON), __file__, json.dumps(plan)], cwd=host.REPO, env=env,
-                         capture_output=True, text=True, timeout=1200)
+    run = subprocess.run([str(host.PYTHON), "-m", "tests.nodes.test_compile_cache", json.dumps(plan)], cwd=host.REPO,
+                         env=env, capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     return torch.load(out)
 
@@ -90,7 +90,7 @@ def _other_weights(src: Path, dst: Path) -> None:
 def starts(tiny_models, tmp_path_factory):
     """Start 1 compiles checkpoint A. Start 2 loads A; then, with only the disk cache left, B (A's
     architecture, other weights); then A again; and both uncompiled for reference."""
-    from tests.support import host
+    from devkit import host
 
     a = tiny_models["sd_turbo"].single_file.name
     b = f"tiny_sd_turbo_compile_cache_other_{os.getpid()}.safetensors"  # one per test run: runs may overlap
@@ -206,6 +206,5 @@ def test_unusable_folder_is_named_in_a_warning(cache_module, tmp_path, monkeypat
     assert f"compile cache {not_a_folder / 'cache'} cannot be used" in caplog.text and CACHE_ENV in caplog.text
 
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+if __name__ == "__main__":  # one start: python -m tests.nodes.test_compile_cache PLAN, from the repository root
     _child(json.loads(sys.argv[1]))

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from tests.support import graphs as g
+from devkit import graphs as g
 
 
 @pytest.fixture(scope="module")

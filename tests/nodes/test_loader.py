@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.support import graphs as g
+from devkit import graphs as g
 
 SIZE, PROMPT = 64, "an old stone bridge"
 
@@ -127,9 +127,7 @@ def test_broken_diffusers_folders_are_refused(load_turbo, tiny_models, tmp_path,
 
 
 _RESIDENT_PROBE = """
-import sys
-sys.path.insert(0, {repo!r})
-from tests.support import host
+from devkit import host
 host.init_in_process()
 import nodes
 loaded = nodes.NODE_CLASS_MAPPINGS["ADDTurboLoader"].execute(ckpt_name={name!r}, channels_last={channels_last})
@@ -149,11 +147,11 @@ def _resident_file_bytes(path, channels_last: bool) -> int:
     import subprocess
     import sys
 
-    from tests.support import host
+    from devkit import host
 
-    code = _RESIDENT_PROBE.format(repo=str(host.REPO), name=path.name, channels_last=channels_last,
-                                  path=str(path.resolve()))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    code = _RESIDENT_PROBE.format(name=path.name, channels_last=channels_last, path=str(path.resolve()))
+    out = subprocess.run([sys.executable, "-c", code], cwd=host.REPO, capture_output=True, text=True, timeout=300,
+                         check=True)
     return int(out.stdout.strip().splitlines()[-1])
 
 

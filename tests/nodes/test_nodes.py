@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from add_turbo import noise, schedules
-from tests.support import graphs as g
+from devkit import graphs as g
 from tests.support.tolerances import assert_fp32_close
 
 SIZE = 64

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from add_turbo import noise, schedules
-from tests.support import graphs as g
-from tests.support import turbo_models
+from devkit import graphs as g
+from devkit import turbo_models
 
 # Images (0..1): 1e-4 is 0.03/255. Latents: relative to their magnitude (another library, other kernels).
 IMAGE_TOL, LATENT_REL = 1e-4, 1e-5

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from add_turbo import noise
-from tests.support import graphs as g
-from tests.support import turbo_models
+from devkit import graphs as g
+from devkit import turbo_models
 from tests.support.tolerances import assert_same_image
 
 PROMPT, SEED = "a watercolor painting of a harbour", 77

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tests.support import graphs as g
+from devkit import graphs as g
 
 SIZE, PROMPT = 64, "a lighthouse at dusk"
 

@@ -13,8 +13,8 @@ import struct
 import pytest
 from safetensors.torch import load_file, save_file
 
-from tests.support import host
-from tests.support.client import txt2img_prompt
+from devkit import host
+from devkit.graphs import txt2img_prompt
 
 CHECKPOINTS = host.BASE_DIR / "models" / "checkpoints"
 

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 from PIL import Image
 
-from tests.support import host
+from devkit import host
+from devkit.client import ComfyClient
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
@@ -37,9 +37,9 @@ def _tiny_overrides(workflow_path, tiny_models):
 
 def _server_state(url):
     """What the server has run and has waiting: to show that a refused command queued nothing."""
-    queue = requests.get(url + "/queue", timeout=30).json()
-    return (sorted(requests.get(url + "/history", timeout=30).json()),
-            [len(queue["queue_running"]), len(queue["queue_pending"])])
+    with ComfyClient(url, events=False) as client:
+        queue = client.get_json("/queue")
+        return sorted(client.history()), [len(queue["queue_running"]), len(queue["queue_pending"])]
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -53,7 +53,7 @@ def test_cli_runs_every_example_workflow(server, tiny_models, tmp_path, path):
 
 
 def test_cli_set_overrides_and_api_format(server, tiny_models, tmp_path):
-    from tests.support.client import txt2img_prompt
+    from devkit.graphs import txt2img_prompt
 
     api = tmp_path / "api.json"
     api.write_text(json.dumps(txt2img_prompt(tiny_models["sd_turbo"].single_file.name, size=64)))
@@ -72,7 +72,7 @@ def test_cli_set_overrides_and_api_format(server, tiny_models, tmp_path):
      "steps"),
 ])
 def test_cli_broken_workflow_exits_1_with_the_servers_message(server, tiny_models, tmp_path, mutate, expect):
-    path = REPO / "workflows" / "add_turbo_sd_turbo_txt2img.json"
+    path = REPO / "workflows" / "SD-Turbo - text to image.json"
     workflow = json.loads(path.read_text())
     mutate(workflow)
     broken = tmp_path / "broken.json"
@@ -96,9 +96,9 @@ def test_cli_bad_set_syntax(server, tmp_path):
 ])
 def test_cli_set_of_an_unknown_input_is_refused_before_queueing(server, tiny_models, tmp_path, form, override,
                                                                  expect):
-    from tests.support.client import txt2img_prompt
+    from devkit.graphs import txt2img_prompt
 
-    workflow = REPO / "workflows" / "add_turbo_sd_turbo_txt2img.json"
+    workflow = REPO / "workflows" / "SD-Turbo - text to image.json"
     sets = _tiny_overrides(workflow, tiny_models)
     if form == "api":
         workflow, sets = tmp_path / "api.json", []
@@ -114,7 +114,7 @@ def test_cli_set_of_an_unknown_input_is_refused_before_queueing(server, tiny_mod
 
 
 def test_cli_set_of_an_unknown_node_lists_the_nodes(server, tiny_models, tmp_path):
-    from tests.support.client import txt2img_prompt
+    from devkit.graphs import txt2img_prompt
 
     prompt = txt2img_prompt(tiny_models["sd_turbo"].single_file.name, size=64)
     prompt["2"]["_meta"] = {"title": "Prompt"}
@@ -155,7 +155,7 @@ def test_run_example_writes_outside_the_repository(monkeypatch):
 
 
 def test_cli_watch_regenerates_when_the_prompt_file_changes(server, tiny_models, tmp_path):
-    from tests.support.client import txt2img_prompt
+    from devkit.graphs import txt2img_prompt
 
     api = tmp_path / "api.json"
     api.write_text(json.dumps(txt2img_prompt(tiny_models["sd_turbo"].single_file.name, size=64)))
@@ -174,7 +174,7 @@ def test_cli_watch_regenerates_when_the_prompt_file_changes(server, tiny_models,
 
 
 def test_cli_embedded_server(tiny_models, tmp_path):
-    from tests.support.client import txt2img_prompt
+    from devkit.graphs import txt2img_prompt
 
     api = tmp_path / "api.json"
     api.write_text(json.dumps(txt2img_prompt(tiny_models["sd_turbo"].single_file.name, size=64)))

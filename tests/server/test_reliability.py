@@ -5,10 +5,10 @@ import threading
 import time
 
 import psutil
-import requests
 
-from tests.support import host
-from tests.support.client import ComfyClient, txt2img_prompt
+from devkit import host
+from devkit.client import ComfyClient, PromptError
+from devkit.graphs import txt2img_prompt
 
 SD, XL = "sd_turbo", "sdxl_turbo"
 
@@ -93,14 +93,19 @@ def test_bad_values_get_errors_naming_the_input_and_the_server_stays_healthy(cli
             run = client.run(graph)
             assert run.error is None, (name, run.error)
             continue
-        response = client.queue(graph) if kind in ("validation", "either") else None
-        if response is not None and response.status_code == 400:
-            text = response.text
+        prompt_id, refusal = None, None
+        if kind in ("validation", "either"):
+            try:
+                prompt_id = client.queue(graph)
+            except PromptError as error:
+                refusal = error
+        if refusal is not None:
+            text = json.dumps(refusal.details)  # the server's answer (HTTP 400)
             kind = "validation"
         else:
             assert kind != "validation", name
             kind = "execution"
-            run = client.follow(response.json()["prompt_id"]) if response is not None else client.run(graph)
+            run = client.follow(prompt_id) if prompt_id is not None else client.run(graph)
             assert run.error is not None, name
             text = run.error["exception_message"]
             assert "Traceback" not in text
@@ -121,16 +126,14 @@ def test_fifty_prompts_at_once_complete_in_order_with_correct_outputs(server, cl
     seeds = list(range(500, 550))
     ids = []
     for seed in seeds:
-        response = client.queue(txt2img_prompt(name, seed=seed, size=64, prefix=f"load_{seed}"))
-        assert response.status_code == 200
-        ids.append(response.json()["prompt_id"])
+        ids.append(client.queue(txt2img_prompt(name, seed=seed, size=64, prefix=f"load_{seed}")))
     deadline = time.time() + 600
     while time.time() < deadline:
-        history = requests.get(server.url + "/history", timeout=30).json()
+        history = client.history()
         if all(i in history for i in ids):
             break
         time.sleep(0.5)
-    history = requests.get(server.url + "/history", timeout=30).json()
+    history = client.history()
     assert all(history[i]["status"]["status_str"] == "success" for i in ids)
     starts = [next(m[1]["timestamp"] for m in history[i]["status"]["messages"] if m[0] == "execution_start")
               for i in ids]
@@ -170,25 +173,17 @@ def test_two_clients_each_get_their_own_results(server, tiny_models):
 def test_interrupt_stops_within_one_step_and_the_next_prompt_matches_a_fresh_server(server, client, tiny_models):
     name = tiny_models[SD].single_file.name
     slow = txt2img_prompt(name, seed=3, steps=10, size=512)
-    response = client.queue(slow)
-    prompt_id = response.json()["prompt_id"]
+    prompt_id = client.queue(slow)
     step_times, interrupted_at, sent_at = [], None, None
-    while True:
-        message = client.ws.recv()
-        if not isinstance(message, str):
-            continue
-        event = json.loads(message)
-        data = event.get("data", {})
-        if data.get("prompt_id") != prompt_id:
-            continue
-        if event["type"] == "progress":
+    for kind, data in client.events(prompt_id):
+        if kind == "progress":
             step_times.append(time.perf_counter())
             if data["value"] == 3 and sent_at is None:
                 sent_at = time.perf_counter()
-                requests.post(server.url + "/interrupt", json={"prompt_id": prompt_id}, timeout=30)
-        if event["type"] in ("execution_interrupted", "execution_success", "execution_error"):
+                client.interrupt(prompt_id)
+        if kind in ("execution_interrupted", "execution_success", "execution_error"):
             interrupted_at = time.perf_counter()
-            assert event["type"] == "execution_interrupted", event
+            assert kind == "execution_interrupted", (kind, data)
             break
     steps = sorted(b - a for a, b in zip(step_times, step_times[1:], strict=False))
     step = steps[len(steps) // 2]
@@ -197,7 +192,7 @@ def test_interrupt_stops_within_one_step_and_the_next_prompt_matches_a_fresh_ser
           f"{step * 1000:.0f} ms; steps run {len(step_times)}/10")
     assert len(step_times) < 10
     assert latency <= steps[-1] + 0.5  # the step in flight finishes, then the run stops
-    assert requests.get(server.url + "/system_stats", timeout=10).ok
+    assert client.get_json("/system_stats")
     after = client.run(txt2img_prompt(name, seed=8, steps=2, size=64, prefix="after_interrupt"))
     fresh = host.start_server()
     try:
@@ -213,7 +208,7 @@ def test_determinism_across_runs_restarts_and_batches(server, client, tiny_model
     name = tiny_models[XL].single_file.name
     prompt = txt2img_prompt(name, seed=42, steps=3, size=64, prefix="det")
     first = _pngs(client, client.run(prompt))
-    requests.post(server.url + "/free", json={"free_memory": True, "unload_models": True}, timeout=30)
+    client.free(unload_models=True)
     second = _pngs(client, client.run(prompt))
     assert first == second
     restarted = host.start_server()

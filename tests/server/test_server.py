@@ -5,8 +5,8 @@ import io
 import pytest
 from PIL import Image
 
-from tests.support import host
-from tests.support.client import txt2img_prompt
+from devkit import host
+from devkit.graphs import txt2img_prompt
 
 PACK_NODES = ("ADDTurboLoader", "ADDTurboScheduler", "ADDTurboSampler", "ADDTurboSample")
 

@@ -5,27 +5,28 @@ import json
 from pathlib import Path
 
 import pytest
-import requests
 from PIL import Image
 
 from add_turbo.workflow import WorkflowError, ui_to_api
+from devkit.client import ComfyClient
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 # (image count, width, height) each workflow's SaveImage writes.
 EXPECTED = {
-    "add_turbo_sd_turbo_txt2img": (1, 512, 512),
-    "add_turbo_sdxl_turbo_sampler_custom": (1, 512, 512),
-    "add_turbo_img2img": (1, 512, 512),
-    "add_turbo_draft_and_refine": (1, 768, 768),
-    "add_turbo_masked_refine": (1, 512, 512),
-    "add_turbo_strength_sweep": (4, 512, 512),
+    "SD-Turbo - text to image": (1, 512, 512),
+    "SDXL-Turbo - 4 steps with SamplerCustom": (1, 512, 512),
+    "SD-Turbo - image to image": (1, 512, 512),
+    "SD-Turbo - draft and refine": (1, 768, 768),
+    "SD-Turbo - masked refine": (1, 512, 512),
+    "SD-Turbo - strength sweep": (4, 512, 512),
 }
 
 
 @pytest.fixture(scope="module")
 def object_info(server):
-    return requests.get(server.url + "/object_info", timeout=60).json()
+    with ComfyClient(server.url, events=False) as client:
+        return client.object_info()
 
 
 
@@ -57,7 +58,7 @@ def test_workflow_runs_and_is_deterministic(client, server, object_info, tiny_mo
         assert image.size == (width, height)
         assert len(set(image.convert("RGB").getdata())) > 100, "blank image"
     # Clear the server's caches and run again: same seed, same bytes.
-    requests.post(server.url + "/free", json={"free_memory": True}, timeout=30)
+    client.free()
     again = client.run(prompt)
     assert _node_images(client, client.history(again.prompt_id)["outputs"], save_nodes) == \
         _node_images(client, outputs, save_nodes)
@@ -67,12 +68,12 @@ def _node_images(client, outputs, node_ids):
     out = []
     for node_id in node_ids:
         for image in outputs[node_id]["images"]:
-            out.append(requests.get(client.url + "/view", params=image, timeout=30).content)
+            out.append(client.view(image))
     return out
 
 
 def test_masked_workflow_keeps_unmasked_pixels(client, object_info, tiny_models):
-    prompt = to_api(REPO / "workflows" / "add_turbo_masked_refine.json", object_info, tiny_models)
+    prompt = to_api(REPO / "workflows" / "SD-Turbo - masked refine.json", object_info, tiny_models)
     run = client.run(prompt)
     (png,) = client.images(run.prompt_id)
     out = Image.open(io.BytesIO(png)).convert("RGB")
@@ -83,7 +84,7 @@ def test_masked_workflow_keeps_unmasked_pixels(client, object_info, tiny_models)
 
 
 def test_unknown_node_or_widget_fails_the_check(object_info):
-    workflow = json.loads((REPO / "workflows" / "add_turbo_img2img.json").read_text())
+    workflow = json.loads((REPO / "workflows" / "SD-Turbo - image to image.json").read_text())
     renamed = json.loads(json.dumps(workflow))
     next(n for n in renamed["nodes"] if n["type"] == "ADDTurboRefine")["type"] = "ADDTurboRefineV9"
     with pytest.raises(WorkflowError, match="does not define"):
@@ -94,7 +95,16 @@ def test_unknown_node_or_widget_fails_the_check(object_info):
         ui_to_api(short, object_info)
 
 
-def test_template_browser_lists_the_workflows(server):
-    templates = requests.get(server.url + "/api/workflow_templates", timeout=30).json()
+def test_template_browser_lists_the_workflows_by_readable_names(client):
+    templates = client.get_json("/api/workflow_templates")
     listed = templates.get("add-turbo", [])
     assert sorted(listed) == sorted(EXPECTED), templates
+    for name in listed:  # the frontend shows a custom template's file name as its title, with NAME.jpg
+        assert " - " in name and "_" not in name, name
+        assert (REPO / "workflows" / f"{name}.jpg").stat().st_size > 1000
+
+
+def test_template_category_has_a_readable_label(client):
+    """The frontend labels a pack's template category with templateWorkflows.category.<folder> from /i18n."""
+    messages = client.get_json("/i18n")
+    assert messages["en"]["templateWorkflows"]["category"]["add-turbo"] == "ADD Turbo"

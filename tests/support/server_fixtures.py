@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from tests.support import host
-from tests.support.client import ComfyClient
+from add_turbo.server import ComfyServer
+from devkit import host
+from devkit.client import ComfyClient
 
 # The editor frontends the browser tests run against: the one the host ships, and the newest.
 FRONTENDS = ("bundled", "newest")
@@ -28,7 +29,7 @@ def client(server):
     c.close()
 
 
-def start_frontend_server(frontend: str, user_dir) -> host.Server:
+def start_frontend_server(frontend: str, user_dir) -> ComfyServer:
     """A server with the given frontend and its own user directory, so that settings a test
     changes (the node renderer) never leak into another test or run."""
     extra = ["--user-directory", str(user_dir)]
@@ -40,12 +41,7 @@ def start_frontend_server(frontend: str, user_dir) -> host.Server:
     settings = user_dir / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True, exist_ok=True)
     settings.write_text(json.dumps(EDITOR_SETTINGS))
-    srv = host.Server(host.free_port(), host.BASE_DIR, tuple(extra))
-    try:
-        srv.wait_ready()
-    except Exception:
-        srv.stop()
-        raise
+    srv = host.start_server(extra_args=tuple(extra))
     srv.frontend = frontend
     return srv
 

@@ -14,7 +14,7 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
          "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 VUE_NODES_SETTING = "Comfy.VueNodes.Enabled"
 
-# Page-side helpers for the tests (node look-up by execution id across subgraphs, a record of the
+# Page-side helpers for the tests and scripts (node look-up by execution id across subgraphs, a record of the
 # text the canvas draws). Installed before the editor's own scripts run.
 PAGE_HELPERS = """
 window.addTurboTest = {

@@ -6,9 +6,9 @@ import os
 import sys
 from pathlib import Path
 
-from add_turbo.server import ComfyServer, ServerStartError, free_port  # noqa: F401  (free_port: re-exported)
+from add_turbo.server import ComfyServer, ServerStartError, free_port
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 HOME = Path(os.environ.get("ADD_TURBO_HOME", Path.home() / ".cache" / "add-turbo"))
 # Which host (scripts/host_env.sh): 0.3.75, 0.33.0, or a user's checkout in COMFYUI_DIR ("custom").
 HOST = os.environ.get("ADD_TURBO_HOST") or ("custom" if os.environ.get("COMFYUI_DIR") else "0.3.75")
@@ -42,6 +42,7 @@ GPU_HOST_FLAGS = ["--disable-api-nodes"]
 
 
 def base_args(base: Path = BASE_DIR, flags: list[str] = HOST_FLAGS) -> list[str]:
+    """The host's command-line arguments: `flags`, then `base` as base directory with its own database."""
     return [*flags, "--base-directory", str(base), "--database-url", f"sqlite:///{base}/user/comfyui.db"]
 
 
@@ -75,27 +76,22 @@ def init_in_process(base: Path = BASE_DIR, flags: list[str] = HOST_FLAGS) -> Non
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
 
 
-def start_server(base: Path = BASE_DIR) -> "Server":
-    """A development-host server on a free loopback port, ready to take requests."""
-    return Server(None, base).wait_ready()
+def start_server(base: Path = BASE_DIR, extra_args: tuple[str, ...] = ()) -> ComfyServer:
+    """The development host as a server process on a free loopback port, ready to take requests.
 
-
-class Server(ComfyServer):
-    """The development host as a real server process on loopback (the pack's one launcher, with the
-    host's interpreter, stand-ins and base directory); stopped with `stop()`."""
-
-    def __init__(self, port: int | None = None, base: Path = BASE_DIR, extra_args: tuple[str, ...] = ()):
-        require_host()
-        self.base = base
-        port = port or free_port()
-        log_dir = HOST_ROOT / "logs"
-        log_dir.mkdir(exist_ok=True)
-        super().__init__(COMFY_DIR, [*base_args(base), *extra_args], port=port, python=str(PYTHON),
+    Started with the pack's one launcher (add_turbo.server), the host's interpreter, its stand-ins and
+    `base` as base directory; output goes to the host's logs/server-PORT.log. Stop it with `stop()`.
+    When it does not start it is stopped, and the RuntimeError raised holds its log.
+    """
+    require_host()
+    port = free_port()
+    log_dir = HOST_ROOT / "logs"
+    log_dir.mkdir(exist_ok=True)
+    server = ComfyServer(COMFY_DIR, [*base_args(base), *extra_args], port=port, python=str(PYTHON),
                          log_path=log_dir / f"server-{port}.log",
                          env={"PYTHONPATH": str(STUBS_DIR), "PYTHONUNBUFFERED": "1"})
-
-    def wait_ready(self, timeout: float = 120) -> "Server":
-        try:
-            return super().wait_ready(timeout)
-        except ServerStartError as error:
-            raise RuntimeError(f"{error}:\n{self.log()}") from error
+    try:
+        return server.wait_ready(timeout=120)
+    except ServerStartError as error:
+        server.stop()
+        raise RuntimeError(f"{error}:\n{server.log()}") from error

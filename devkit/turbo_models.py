@@ -1,4 +1,5 @@
-"""Tiny random-weight SD-Turbo / SDXL-Turbo checkpoints of the real architectures.
+"""Random-weight SD-Turbo / SDXL-Turbo checkpoints of the real architectures: tiny ones for the tests
+(`build`), full-size ones with the real layer sizes for the benchmarks (`build_full_size_sd21`, `full_size`).
 
 Built deterministically (fixed seeds) with diffusers/transformers, saved as a diffusers folder and
 as a single file in the original (Stability) key layout, and cached outside the repo. The single

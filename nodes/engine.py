@@ -1,0 +1,310 @@
+"""The sampling engine (the loader's `engine` option): the few turbo steps without the host's per-call
+sampling machinery.
+
+On every UNet call the host's sampler copies and batches the conditioning, asks for free memory and
+runs its guider and wrappers. For a guidance-free turbo model and one plain prompt that computes the
+same inputs at every step, so the engine prepares them once per run with the host's own functions
+(host_api.DirectUNet) and runs the pack's sampler (add_turbo.samplers, with the per-step noise of
+add_turbo.noise) over the host's apply_model: its latents equal the normal path's. On a CUDA GPU the
+step loop is recorded as one CUDA graph per (batch, size, schedule, sampler) and replayed.
+
+Whatever it cannot reproduce (weight patches, hooks, ControlNet, areas, masks, ...) goes the normal
+way, with the reason logged once per model and reason.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import time
+import weakref
+
+import torch
+
+from ..add_turbo import noise, samplers
+from . import host_api
+
+log = logging.getLogger(__name__)
+
+ENGINE_OPTION = "add_turbo_engine"  # key in MODEL.model_options: clones of the model carry it
+ENGINE_MODES = ("off", "on")
+GRAPHS_PER_MODEL = 4  # recorded graphs kept per model; each holds its own GPU memory pool
+CUDA_WARM_UP_SIZE = 512  # the size recorded at load: what the models are made for
+SMALL_WARM_UP_SIZE = 64  # elsewhere nothing is recorded: a small run checks the path
+# Conditioning entries of one plain prompt: the pooled output and SDXL size conditioning.
+PLAIN_PROMPT_KEYS = frozenset({"pooled_output", "width", "height", "crop_w", "crop_h", "target_width",
+                               "target_height"})
+AREA_KEYS = frozenset({"area", "strength", "mask", "mask_strength", "set_area_to_bounds"})
+TIMESTEP_RANGE_KEYS = frozenset({"start_percent", "end_percent", "timestep_start", "timestep_end",
+                                 "clip_start_percent", "clip_end_percent"})
+
+
+class EngineState:
+    """Per base model (shared by its clones): the recorded graphs and how the last runs went."""
+
+    def __init__(self):
+        self.graphs: collections.OrderedDict = collections.OrderedDict()  # key -> StepGraph, oldest first
+        self.weights = None  # where the weights were when the graphs were recorded
+        self.runs = collections.Counter()  # "direct", "recorded", "replayed", "fallback"
+        self.last = "not run yet"
+        self.capture_failure = None  # why recording failed once: not tried again for this model
+
+
+_STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOGGED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # patcher -> reasons already logged
+
+
+def state_of(patcher) -> EngineState:
+    return _STATES.setdefault(patcher.model, EngineState())
+
+
+def set_engine(patcher, mode: str) -> None:
+    """Turn the engine on or off for `patcher` and its later clones."""
+    if mode not in ENGINE_MODES:
+        raise ValueError(f"engine must be one of {ENGINE_MODES}, got {mode!r}")
+    if mode == "on":
+        patcher.model_options[ENGINE_OPTION] = mode
+    else:
+        patcher.model_options.pop(ENGINE_OPTION, None)
+
+
+def engine_on(patcher) -> bool:
+    return patcher.model_options.get(ENGINE_OPTION) == "on"
+
+
+def conditioning_obstacle(positive) -> str | None:
+    """Why `positive` is more than one plain prompt, or None."""
+    if len(positive) != 1:
+        return f"the conditioning has {len(positive)} entries (combined or concatenated prompts)"
+    keys = set(positive[0][1])
+    if "control" in keys:
+        return "the conditioning has a ControlNet"
+    if "hooks" in keys:
+        return "the conditioning has hooks (e.g. a hook LoRA)"
+    if keys & AREA_KEYS:
+        return f"the conditioning has an area, strength or mask ({', '.join(sorted(keys & AREA_KEYS))})"
+    if keys & TIMESTEP_RANGE_KEYS:
+        return "the conditioning has a timestep range"
+    unknown = sorted(keys - PLAIN_PROMPT_KEYS)
+    if unknown:
+        return f"the conditioning has entries the engine does not know ({', '.join(unknown)})"
+    return None
+
+
+def fallback_reason(patcher, positive, latent, denoise_mask=None, device=None) -> str | None:
+    """Why this sampling call must take the normal path, or None when the engine computes the same.
+
+    Args:
+        latent: [B, C, h, w] as sampling gets it. denoise_mask: the latent's noise mask, if any.
+        device: where the model computes (default its load device): on CUDA the size must suit a graph.
+    """
+    device = patcher.load_device if device is None else torch.device(device)
+    if denoise_mask is not None:
+        return "the latent has a noise mask (inpainting)"
+    if latent.is_nested or latent.ndim != 4:
+        return "the latent is not one [batch, channels, height, width] tensor"
+    if device.type == "cuda" and (latent.shape[-1] % 8 or latent.shape[-2] % 8):
+        return (f"the image is {latent.shape[-1] * 8}x{latent.shape[-2] * 8} px: CUDA graphs need sides "
+                "that are multiples of 64 px")
+    return host_api.direct_sampling_obstacle(patcher, own_options=(ENGINE_OPTION,)) or conditioning_obstacle(positive)
+
+
+def log_fallback(patcher, reason: str) -> None:
+    """Log why the engine is not used, once per model and reason."""
+    seen = _LOGGED.setdefault(patcher, set())
+    if reason not in seen:
+        seen.add(reason)
+        log.warning("ADD Turbo engine: %s: sampling the normal way", reason)
+    state = state_of(patcher)
+    state.runs["fallback"] += 1
+    state.last = f"normal path ({reason})"
+
+
+def capture_obstacle(patcher, unet) -> str | None:
+    """Why this run's steps are not recorded as a CUDA graph (they run directly instead), or None."""
+    if unet.start.device.type != "cuda":
+        return f"no CUDA graphs on {unet.start.device.type}"
+    if host_api.has_compile_wrapper(patcher):
+        return "the UNet is compiled: torch.compile runs it"
+    if not host_api.fully_loaded(patcher):
+        return "the model is only partly in GPU memory"
+    if not all(torch.is_tensor(v) for v in unet.inputs.values()):
+        return "the conditioning holds inputs that are not tensors"
+    return None
+
+
+def noise_steps(sigmas: torch.Tensor, sampler: str, eta: float) -> list[int]:
+    """The steps (1-based, as noise_for_step gets them) for which samplers.sample draws fresh noise."""
+    name, amount = ("euler_ancestral", 0.0) if sampler == "euler" else (sampler, eta)
+    values = [float(s) for s in sigmas]
+    return [i + 1 for i in range(len(values) - 1) if samplers.needs_noise(name, amount, values[i], values[i + 1])]
+
+
+def run_steps(unet, inputs: dict, start: torch.Tensor, sigmas: torch.Tensor, sampler: str, eta: float,
+              noise_for_step, callback=None) -> torch.Tensor:
+    """The pack's sampler over direct UNet calls: `start` [B, C, h, w] at sigmas[0] -> the sampled
+    latent [B, C, h, w] (model space, fp32).
+
+    The same arithmetic as sampling._turbo_sampler_function under the host's sampler: each call gets
+    timestep sigma * ones([B]) with sigma on the device. `sigmas` [steps + 1] stay on the CPU, so
+    nothing here waits for the device (a CUDA graph can record it whole).
+    """
+    s_in = start.new_ones([start.shape[0]])
+    on_device = {float(s): d for s, d in zip(sigmas[:-1], unet.sigmas[:-1], strict=True)}
+
+    def denoiser(x, sigma):
+        return unet(x, on_device[float(sigma)] * s_in, inputs)
+
+    return samplers.sample(denoiser, start, sigmas, sampler, eta, noise_for_step, callback)
+
+
+def record(body, device: torch.device):
+    """body() recorded as a CUDA graph -> (graph, body's output: a static buffer each replay rewrites).
+
+    body must do device work only (no host syncs, no host-to-device copies). One warm-up run on a
+    side stream comes first: lazy initialisation (cuBLAS / cuDNN handles, algorithm search) must not
+    happen during capture. Capture errors are thread-local: the server's threads may query the GPU
+    (free memory for the UI) meanwhile. Exercised only on a CUDA GPU.
+    """
+    with torch.cuda.device(device):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            body()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            out = body()
+    return graph, out
+
+
+class StepGraph:
+    """The step loop of one (shape, schedule, sampler) recorded once over static buffers (start
+    latent, conditioning, per-step noise); each run copies its inputs in and replays.
+
+    Recording and replaying run only on a CUDA GPU; the CPU tests replace `record` with an eager
+    stand-in, which checks the buffers and the cache, not the CUDA calls.
+    """
+
+    def __init__(self, unet, sigmas: torch.Tensor, sampler: str, eta: float, step_noise: dict):
+        self.x = unet.start.clone()
+        self.inputs = {k: v.clone() for k, v in unet.inputs.items()}
+        self.noise = {step: n.to(device=self.x.device, copy=True) for step, n in step_noise.items()}
+
+        def body():
+            return run_steps(unet, self.inputs, self.x, sigmas, sampler, eta, self.noise.__getitem__)
+
+        self.graph, self.out = record(body, unet.start.device)
+
+    def replay(self, start: torch.Tensor, inputs: dict, step_noise: dict) -> torch.Tensor:
+        """The sampled latent [B, C, h, w] for this run's inputs (a copy: the next replay overwrites)."""
+        self.x.copy_(start)
+        for key, value in inputs.items():
+            self.inputs[key].copy_(value)
+        for step, value in step_noise.items():
+            self.noise[step].copy_(value)
+        self.graph.replay()
+        return self.out.clone()
+
+
+def _weights_fingerprint(module: torch.nn.Module) -> tuple:
+    """Where the weights live: a recorded graph reads them by address, so a move or reload voids it."""
+    return tuple(t.data_ptr() for t in itertools.chain(module.parameters(), module.buffers()))
+
+
+def _replay(state: EngineState, patcher, unet, sigmas, seed: int, sampler: str, eta: float) -> torch.Tensor:
+    weights = _weights_fingerprint(unet.base)
+    if weights != state.weights:
+        state.graphs.clear()
+        state.weights = weights
+    shape = tuple(unet.start.shape)
+    step_noise = {step: noise.seeded_noise(seed, shape, step=step) for step in noise_steps(sigmas, sampler, eta)}
+    # The sigmas stand for (steps, strength, spacing): the sampler's step sizes are constants in the graph.
+    attention = patcher.model_options.get("transformer_options", {}).get("optimized_attention_override")
+    key = (shape, tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(unet.inputs.items())),
+           tuple(sigmas.tolist()), sampler, eta, id(attention))
+    graph = state.graphs.get(key)
+    if graph is None:
+        began = time.perf_counter()
+        graph = StepGraph(unet, sigmas, sampler, eta, step_noise)
+        state.graphs[key] = graph
+        while len(state.graphs) > GRAPHS_PER_MODEL:
+            state.graphs.popitem(last=False)
+        state.runs["recorded"] += 1
+        log.info("ADD Turbo engine: recorded the %d step(s) at %s as a CUDA graph in %.1f s", len(sigmas) - 1,
+                 "x".join(map(str, shape)), time.perf_counter() - began)
+    state.graphs.move_to_end(key)
+    state.runs["replayed"] += 1
+    state.last = "CUDA graph"
+    return graph.replay(unet.start, unet.inputs, step_noise)
+
+
+def sample(patcher, positive, latent, start_noise, sigmas, seed: int, sampler: str, eta: float,
+           callback=None) -> torch.Tensor:
+    """Sample through the engine; call only when `fallback_reason` is None.
+
+    Args:
+        latent: [B, C, h, w] (zeros for text to image); start_noise: [B, C, h, w] on the CPU;
+        sigmas: [steps + 1] on the CPU, ending in 0; callback: the host's step callback
+        (step, x0, x, total_steps); a replayed graph reports once, at the end.
+    Returns:
+        the sampled latent [B, C, h, w], fp32 on the load device, as the host's guider returns it.
+    """
+    state = state_of(patcher)
+    steps = len(sigmas) - 1
+    with host_api.DirectUNet(patcher, positive, start_noise, latent, seed, sigmas) as unet:
+        obstacle = capture_obstacle(patcher, unet) or state.capture_failure
+        if obstacle is None:
+            try:
+                with torch.inference_mode():  # as the executor runs nodes: the buffers stay writable in place
+                    x = _replay(state, patcher, unet, sigmas, seed, sampler, eta)
+            except RuntimeError as error:  # something in this host's UNet cannot be recorded
+                state.graphs.clear()
+                state.capture_failure = obstacle = f"recording a CUDA graph failed: {str(error)[:200]}"
+                log.warning("ADD Turbo engine: %s; running the steps directly from now on", obstacle)
+            else:
+                if callback is not None:
+                    callback(steps - 1, x, x, steps)
+                return unet.finish(x)
+        if unet.device.type == "cuda":
+            _log_once(patcher, f"ADD Turbo engine: {obstacle}: running the steps directly, without a CUDA graph")
+
+        def noise_for_step(step):
+            return noise.seeded_noise(seed, unet.start.shape, step=step, device=unet.device)
+
+        def report(i, x, denoised):
+            if callback is not None:
+                callback(i, denoised, x, steps)
+
+        x = run_steps(unet, unet.inputs, unet.start, sigmas, sampler, eta, noise_for_step, report)
+        state.runs["direct"] += 1
+        state.last = f"direct path ({obstacle})"
+        return unet.finish(x)
+
+
+def _log_once(patcher, message: str) -> None:
+    seen = _LOGGED.setdefault(patcher, set())
+    if message not in seen:
+        seen.add(message)
+        log.info(message)
+
+
+def status(patcher) -> str:
+    """How the engine ran the model's last sampling, for the loader's message."""
+    return f"engine: {state_of(patcher).last}"
+
+
+def warm_up(patcher, clip) -> str:
+    """One run at ADD Turbo Sample's defaults (1 step, euler_ancestral), batch 1: on a CUDA GPU it
+    records the 512x512 graph now, elsewhere a 64x64 run checks the path. Returns the loader's message."""
+    from .sampling import sample_latent
+
+    size = CUDA_WARM_UP_SIZE if patcher.load_device.type == "cuda" else SMALL_WARM_UP_SIZE
+    positive = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+    latent = torch.zeros([1, patcher.model.latent_format.latent_channels, size // 8, size // 8])
+    began = time.perf_counter()
+    sample_latent(patcher, positive, latent, 0, 1, 1.0, "trailing", "euler_ancestral", 1.0)
+    message = f"{status(patcher)}, {size}x{size} warm-up {time.perf_counter() - began:.1f} s"
+    log.info("ADD Turbo: %s", message)
+    return message

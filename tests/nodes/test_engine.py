@@ -1,0 +1,482 @@
+"""The loader's `engine` option: the direct sampling path gives the normal path's latents, and whatever
+it cannot reproduce takes the normal path, with its reason logged once.
+
+The CUDA graph itself needs a GPU; here its static buffers and graph cache run with an eager stand-in
+for the recording (`eager_record`), so everything but the CUDA calls is exercised on the CPU.
+"""
+
+import logging
+import sys
+
+import pytest
+import torch
+
+from devkit import graphs as g
+from devkit import tiny_addons
+from tests.support.model_links import linked_into_models
+from tests.support.tolerances import assert_fp32_close
+
+SIZE, PROMPT, SEED = 64, "a lighthouse at dusk", 7
+FAMILIES = ["sd_turbo", "sdxl_turbo"]
+
+
+@pytest.fixture(scope="module")
+def engine(comfy_host):
+    """The pack's nodes/engine module, as the host imported it (from custom_nodes/)."""
+    return next(m for key, m in sys.modules.items() if key.endswith("nodes.engine") and hasattr(m, "fallback_reason"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def executor_mode(comfy_host):
+    """Run the nodes the way the host's executor does, under torch.inference_mode()."""
+    import comfy.model_management
+
+    with torch.inference_mode():
+        yield
+        comfy.model_management.unload_all_models()  # unpatch weights in the mode they were patched in
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_models):
+    """family -> {"off": (MODEL, CLIP, VAE), "on": (MODEL, CLIP, VAE)} from ADD Turbo Loader."""
+    return {family: {mode: g.load(model.single_file.name, engine=mode) for mode in ("off", "on")}
+            for family, model in tiny_models.items()}
+
+
+@pytest.fixture(scope="module")
+def addons(tiny_models):
+    """family -> tiny LoRA name in models/loras, and the SD-Turbo ControlNet name (linked for this module)."""
+    with linked_into_models() as place:
+        loras = {family: place(tiny_addons.build_lora(model).path, "loras") for family, model in tiny_models.items()}
+        controlnet = place(tiny_addons.build_controlnet(tiny_models["sd_turbo"]), "controlnet")
+        yield loras, controlnet
+
+
+@pytest.fixture
+def host_sampler_runs(monkeypatch):
+    """The guider class of every run of the host's sampler (the normal path), in order."""
+    import comfy.samplers
+
+    runs = []
+    original = comfy.samplers.CFGGuider.sample
+
+    def counted(self, *args, **kwargs):
+        runs.append(type(self).__name__)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(comfy.samplers.CFGGuider, "sample", counted)
+    return runs
+
+
+def _sample(model, positive, latent=None, steps=2, strength=1.0, seed=SEED):
+    """ADD Turbo Sample: the sampled latent [B, 4, h, w]."""
+    latent = g.empty_latent(SIZE) if latent is None else latent
+    return g.turbo_sample(model, positive, latent, seed=seed, steps=steps, strength=strength)["samples"]
+
+
+def _photo(seed=3, size=SIZE):
+    """A smooth RGB image [1, size, size, 3] in 0..1."""
+    coarse = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
+    return torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear").movedim(1, -1)
+
+
+def _encoded(vae, image):
+    (latent,) = g.run(g.builtin("VAEEncode"), pixels=image, vae=vae)
+    return latent
+
+
+def _refine(model, vae, positive, image, steps, mask=None):
+    (out,) = g.run(g.builtin("ADDTurboRefine"), model=model, vae=vae, positive=positive, image=image, seed=SEED,
+                   steps=steps, strength=0.5, spacing="trailing", sampler="euler_ancestral", eta=1.0,
+                   **({} if mask is None else {"mask": mask}))
+    return out
+
+
+# --- The direct path equals the normal path -------------------------------------------------------
+
+@pytest.mark.parametrize("steps", [1, 4])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_txt2img_through_the_engine_equals_the_normal_path(loaded, engine, host_sampler_runs, family, steps):
+    normal_model, clip, _ = loaded[family]["off"]
+    engine_model = loaded[family]["on"][0]
+    positive = g.encode(clip, PROMPT)
+    state = engine.state_of(engine_model)
+    direct_before = state.runs["direct"]
+
+    want = _sample(normal_model, positive, steps=steps)
+    assert host_sampler_runs == ["PositiveOnlyGuider"]
+    got = _sample(engine_model, positive, steps=steps)
+    assert host_sampler_runs == ["PositiveOnlyGuider"]  # the engine ran without the host's sampler
+    assert state.runs["direct"] == direct_before + 1 and state.last == "direct path (no CUDA graphs on cpu)"
+    diff = assert_fp32_close(got, want)
+    assert torch.equal(got, want), f"{diff:.1e} apart: the same calls on the same inputs should be bit-identical"
+    print(f"\nENGINE {family} txt2img {steps} step(s): bit-identical to the normal path")
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_refine_through_the_engine_equals_the_normal_path(loaded, engine, host_sampler_runs, family, steps):
+    normal_model, clip, vae = loaded[family]["off"]
+    engine_model = loaded[family]["on"][0]
+    positive = g.encode(clip, PROMPT)
+    image = _photo()
+
+    # strength 0.5 from an encoded image: ADD Turbo Sample's latents
+    latent = _encoded(vae, image)
+    want = _sample(normal_model, positive, latent, steps=steps, strength=0.5)
+    got = _sample(engine_model, positive, latent, steps=steps, strength=0.5)
+    latent_diff = assert_fp32_close(got, want)
+    assert torch.equal(got, want), f"{latent_diff:.1e} apart: the same calls on the same inputs should be bit-identical"
+    # and ADD Turbo Refine (size conditioning of the image's own size)
+    want_image = _refine(normal_model, vae, positive, image, steps)
+    got_image = _refine(engine_model, vae, positive, image, steps)
+    image_diff = assert_fp32_close(got_image, want_image)
+    assert host_sampler_runs == ["PositiveOnlyGuider"] * 2  # only the engine-off runs
+    print(f"\nENGINE {family} refine 0.5, {steps} step(s): latent {latent_diff:.1e}, image {image_diff:.1e} "
+          "(relative)")
+
+
+def test_refine_with_a_mask_uses_the_engine_the_mask_is_a_pixel_blend(loaded, engine, host_sampler_runs):
+    normal_model, clip, vae = loaded["sd_turbo"]["off"]
+    engine_model = loaded["sd_turbo"]["on"][0]
+    positive = g.encode(clip, PROMPT)
+    mask = torch.zeros(SIZE, SIZE)
+    mask[8:40, 16:56] = 1
+    want = _refine(normal_model, vae, positive, _photo(), 2, mask)
+    got = _refine(engine_model, vae, positive, _photo(), 2, mask)
+    assert host_sampler_runs == ["PositiveOnlyGuider"]
+    assert_fp32_close(got, want)
+
+
+def test_batches_and_sdxl_size_conditioning_match(loaded, host_sampler_runs):
+    """Batch 2 at a non-square size: image k keyed by seed + k and SDXL's size conditioning as the host's."""
+    normal_model, clip, _ = loaded["sdxl_turbo"]["off"]
+    engine_model = loaded["sdxl_turbo"]["on"][0]
+    positive = g.encode(clip, PROMPT)
+    latent = g.empty_latent(SIZE, batch=2, width=2 * SIZE)
+    assert_fp32_close(_sample(engine_model, positive, latent, steps=3), _sample(normal_model, positive, latent, steps=3))
+    assert host_sampler_runs == ["PositiveOnlyGuider"]
+
+
+def test_loader_reports_the_engine_warm_up(tiny_models, engine):
+    name = tiny_models["sd_turbo"].single_file.name
+    model, _, _, message = g.load_with_message(name, engine="on")
+    assert message.startswith("engine: direct path (no CUDA graphs on cpu), 64x64 warm-up ") and message.endswith(" s")
+    assert engine.engine_on(model) and engine.engine_on(model.clone())  # clones carry the choice
+    _, _, _, off_message = g.load_with_message(name)
+    assert off_message == ""
+    with pytest.raises(ValueError, match="engine must be one of"):
+        g.load(name, engine="fast")
+
+
+# --- Fallbacks: each reason, and the normal path's result ------------------------------------------
+
+def _lora(model, clip, lora_name):
+    return g.run(g.builtin("LoraLoader"), model=model, clip=clip, lora_name=lora_name, strength_model=0.75,
+                 strength_clip=1.25)
+
+
+def _hooked(clip, lora_name):
+    (hooks,) = g.run(g.builtin("CreateHookLora"), lora_name=lora_name, strength_model=0.75, strength_clip=1.25)
+    (hooked,) = g.run(g.builtin("SetClipHooks"), clip=clip, apply_to_conds=True, schedule_clip=False, hooks=hooks)
+    return hooked
+
+
+def _controlled(positive, controlnet_name):
+    (control_net,) = g.run(g.builtin("ControlNetLoader"), control_net_name=controlnet_name)
+    hint = torch.rand(1, SIZE, SIZE, 3, generator=torch.Generator().manual_seed(4))
+    out, _ = g.run(g.builtin("ControlNetApplyAdvanced"), positive=positive, negative=positive, control_net=control_net,
+                   image=hint, strength=1.0, start_percent=0.0, end_percent=1.0)
+    return out
+
+
+def _identity_post_cfg(args):
+    return args["denoised"]
+
+
+def _passthrough_wrapper(executor, *args, **kwargs):
+    return executor(*args, **kwargs)
+
+
+def _with_model_change(model, change):
+    """A clone of `model` changed by `change(clone)` (the option setters nodes use)."""
+    clone = model.clone()
+    change(clone)
+    return clone
+
+
+def _object_patch(clone):
+    clone.add_object_patch("model_sampling", clone.get_model_object("model_sampling"))
+
+
+def _foreign_wrapper(clone):
+    from comfy.patcher_extension import WrappersMP
+
+    clone.add_wrapper_with_key(WrappersMP.APPLY_MODEL, "someone_elses_wrapper", _passthrough_wrapper)
+
+
+# name -> (what it changes, expected words of the reason)
+FALLBACKS = {
+    "lora": ("LoraLoader on MODEL and CLIP", "weight patches"),
+    "hook_lora": ("CreateHookLora + SetClipHooks", "conditioning has hooks"),
+    "controlnet": ("ControlNetApplyAdvanced", "conditioning has a ControlNet"),
+    "noise_mask": ("SetLatentNoiseMask", "noise mask"),
+    "combined": ("ConditioningCombine", "conditioning has 2 entries"),
+    "area": ("ConditioningSetArea", "an area, strength or mask (area, "),
+    "timestep_range": ("ConditioningSetTimestepRange", "timestep range"),
+    "object_patch": ("an object patch on the model", "object patches (model_sampling)"),
+    "sampler_option": ("a post-cfg function", "sampling options (sampler_post_cfg_function)"),
+    "wrapper": ("another node's apply_model wrapper", "wrappers (apply_model)"),
+}
+
+
+def _fallback_case(case, family, models, addons):
+    """(engine MODEL, normal MODEL, positive, latent dict) for `case`, both sides built the same way."""
+    (normal_model, clip, _), engine_model = models["off"], models["on"][0]
+    loras, controlnet = addons
+    positive, latent = g.encode(clip, PROMPT), g.empty_latent(SIZE)
+    if case == "lora":
+        engine_model, engine_clip = _lora(engine_model, clip, loras[family])
+        normal_model, _ = _lora(normal_model, clip, loras[family])
+        positive = g.encode(engine_clip, PROMPT)
+    elif case == "hook_lora":
+        positive = g.encode(_hooked(clip, loras[family]), PROMPT)
+    elif case == "controlnet":
+        positive = _controlled(positive, controlnet)
+    elif case == "noise_mask":
+        mask = torch.zeros(1, SIZE, SIZE)
+        mask[:, 16:48, 16:48] = 1
+        (latent,) = g.run(g.builtin("SetLatentNoiseMask"), samples=latent, mask=mask)
+    elif case == "combined":
+        (positive,) = g.run(g.builtin("ConditioningCombine"), conditioning_1=positive,
+                            conditioning_2=g.encode(clip, "a red fox"))
+    elif case == "area":
+        (positive,) = g.run(g.builtin("ConditioningSetArea"), conditioning=positive, width=SIZE, height=SIZE // 2,
+                            x=0, y=0, strength=1.0)
+    elif case == "timestep_range":
+        (positive,) = g.run(g.builtin("ConditioningSetTimestepRange"), conditioning=positive, start=0.0, end=0.5)
+    else:
+        change = {"object_patch": _object_patch, "wrapper": _foreign_wrapper,
+                  "sampler_option": lambda m: m.set_model_sampler_post_cfg_function(_identity_post_cfg)}[case]
+        engine_model, normal_model = (_with_model_change(m, change) for m in (engine_model, normal_model))
+    return engine_model, normal_model, positive, latent
+
+
+@pytest.mark.parametrize("case", list(FALLBACKS))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_obstacle_falls_back_with_its_reason_and_the_normal_result(loaded, addons, engine, host_sampler_runs,
+                                                                        caplog, family, case):
+    if case == "controlnet" and family != "sd_turbo":
+        pytest.skip("the tiny ControlNet is built for SD-Turbo")
+    engine_model, normal_model, positive, latent = _fallback_case(case, family, loaded[family], addons)
+    reason = engine.fallback_reason(engine_model, positive, latent["samples"], latent.get("noise_mask"))
+    assert reason is not None and FALLBACKS[case][1] in reason, reason
+
+    state = engine.state_of(engine_model)
+    direct_before, fallback_before = state.runs["direct"], state.runs["fallback"]
+    with caplog.at_level(logging.WARNING):
+        got = [g.turbo_sample(engine_model, positive, latent, seed=SEED, steps=2)["samples"] for _ in range(2)]
+    want = g.turbo_sample(normal_model, positive, latent, seed=SEED, steps=2)["samples"]
+    assert host_sampler_runs == ["PositiveOnlyGuider"] * 3  # both engine runs took the normal path
+    assert state.runs["direct"] == direct_before and state.runs["fallback"] == fallback_before + 2
+    logged = [r.getMessage() for r in caplog.records if "ADD Turbo engine" in r.getMessage()]
+    assert logged == [f"ADD Turbo engine: {reason}: sampling the normal way"]  # once per model and reason
+    for latent_out in got:
+        assert_fp32_close(latent_out, want)
+
+
+def test_what_the_model_itself_carries_is_named(loaded, engine):
+    """Hooks and callbacks on the patcher, another attention override, an unknown host layout; and what
+    a removed wrapper leaves behind is no obstacle."""
+    import comfy.hooks
+    from comfy.patcher_extension import CallbacksMP, WrappersMP
+
+    model, clip, _ = loaded["sd_turbo"]["on"]
+    positive, latent = g.encode(clip, PROMPT), torch.zeros(1, 4, 8, 8)
+
+    def reason(change):
+        clone = model.clone()
+        change(clone)
+        return engine.fallback_reason(clone, positive, latent)
+
+    def added_and_removed(clone):
+        clone.add_wrapper_with_key(WrappersMP.APPLY_MODEL, "gone", _passthrough_wrapper)
+        clone.remove_wrappers_with_key(WrappersMP.APPLY_MODEL, "gone")
+
+    def other_attention(clone):
+        clone.model_options["transformer_options"]["optimized_attention_override"] = _passthrough_wrapper
+
+    assert reason(lambda clone: None) is None
+    assert reason(added_and_removed) is None
+    assert reason(lambda clone: setattr(clone, "forced_hooks", comfy.hooks.HookGroup())) == "the model has hooks"
+    assert reason(lambda clone: clone.add_callback(CallbacksMP.ON_PRE_RUN, print)) == "the model has callbacks"
+    assert reason(other_attention) == "the model has transformer options (optimized_attention_override)"
+    assert "unknown host version" in reason(lambda clone: delattr(clone, "injections"))
+
+
+def test_after_a_lora_clone_ran_the_plain_model_samples_its_own_weights_again(loaded, addons, engine):
+    """A LoRA clone patches the weights the plain model shares: the engine's run must load them back."""
+    engine_model, clip, _ = loaded["sd_turbo"]["on"]
+    positive = g.encode(clip, PROMPT)
+    before = _sample(engine_model, positive)
+    lora_model, lora_clip = _lora(engine_model, clip, addons[0]["sd_turbo"])
+    patched = _sample(lora_model, g.encode(lora_clip, PROMPT))
+    assert (patched - before).abs().max() > 1e-3  # the LoRA matters
+    assert torch.equal(_sample(engine_model, positive), before)
+
+
+def test_the_compile_wrapper_is_no_obstacle_and_runs_on_every_step(loaded, engine, host_sampler_runs):
+    """The loader's compile option (or TorchCompileModel) wraps apply_model under the host's compile key:
+    the engine calls apply_model, so the wrapper runs, once per step."""
+    from comfy.patcher_extension import WrappersMP
+    from comfy_api.torch_helpers.torch_compile import COMPILE_KEY
+
+    normal_model, clip, _ = loaded["sd_turbo"]["off"]
+    calls = []
+
+    def counting(executor, *args, **kwargs):
+        calls.append(1)
+        return executor(*args, **kwargs)
+
+    wrapped = loaded["sd_turbo"]["on"][0].clone()
+    wrapped.add_wrapper_with_key(WrappersMP.APPLY_MODEL, COMPILE_KEY, counting)
+    positive = g.encode(clip, PROMPT)
+    assert engine.fallback_reason(wrapped, positive, torch.zeros(1, 4, 8, 8)) is None
+    got = _sample(wrapped, positive, steps=3)
+    assert len(calls) == 3 and host_sampler_runs == []
+    assert_fp32_close(got, _sample(normal_model, positive, steps=3))
+
+
+def test_unsupported_size_falls_back_only_where_a_cuda_graph_would_be_recorded(loaded, engine):
+    model, clip, _ = loaded["sd_turbo"]["on"]
+    positive = g.encode(clip, PROMPT)
+    odd = torch.zeros(1, 4, 9, 8)  # 64 px wide, 72 px high
+    reason = engine.fallback_reason(model, positive, odd, device="cuda")
+    assert reason == "the image is 64x72 px: CUDA graphs need sides that are multiples of 64 px"
+    assert engine.fallback_reason(model, positive, torch.zeros(1, 4, 8, 16), device="cuda") is None
+    assert engine.fallback_reason(model, positive, odd) is None  # on the CPU nothing is recorded
+
+
+def test_engine_off_and_other_loaders_never_use_the_engine(loaded, engine):
+    normal_model = loaded["sd_turbo"]["off"][0]
+    assert not engine.engine_on(normal_model)
+    clone = loaded["sd_turbo"]["on"][0].clone()
+    engine.set_engine(clone, "off")
+    assert not engine.engine_on(clone) and engine.engine_on(loaded["sd_turbo"]["on"][0])
+
+
+# --- The recorded-graph path, with an eager stand-in for CUDA graph recording ------------------------
+
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "euler", "consistency"])
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_noise_steps_are_the_steps_the_sampler_draws_noise_for(engine, sampler, eta, steps):
+    """A recorded graph reads per-step noise from buffers filled before each replay: exactly these."""
+    from add_turbo import samplers, schedules
+
+    sigmas = schedules.turbo_sigmas(steps)
+    asked = []
+
+    def noise_for_step(step):
+        asked.append(step)
+        return torch.zeros(1, 4, 2, 2)
+
+    samplers.sample(lambda x, sigma: x * 0.5, torch.ones(1, 4, 2, 2), sigmas, sampler, eta, noise_for_step)
+    assert engine.noise_steps(sigmas, sampler, eta) == asked
+
+
+class EagerGraph:
+    """Stands in for a CUDA graph: `replay` runs the recorded body again into the same output buffer."""
+
+    def __init__(self, body):
+        self.body = body
+        self.out = body()
+        self.replays = 0
+
+    def replay(self):
+        self.replays += 1
+        self.out.copy_(self.body())
+
+
+@pytest.fixture
+def eager_graphs(engine, monkeypatch):
+    """The engine records 'graphs' on the CPU: every obstacle to recording lifted, recording eager."""
+    recorded = []
+
+    def eager_record(body, device):
+        graph = EagerGraph(body)
+        recorded.append(graph)
+        return graph, graph.out
+
+    monkeypatch.setattr(engine, "record", eager_record)
+    monkeypatch.setattr(engine, "capture_obstacle", lambda patcher, unet: None)
+    return recorded
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_graph_buffers_take_each_runs_inputs(tiny_models, loaded, engine, eager_graphs, family):
+    """Recorded once per shape and schedule, then replayed with new noise, prompt, image and seed."""
+    engine_model = g.load(tiny_models[family].single_file.name, engine="on")[0]  # a model of its own
+    normal_model, clip, vae = loaded[family]["off"]
+    state = engine.state_of(engine_model)
+    assert state.runs["recorded"] == 1 and len(eager_graphs) == 1  # the loader's warm-up: 1 step
+    del eager_graphs[:]
+    fox, lighthouse = g.encode(clip, "a red fox"), g.encode(clip, PROMPT)
+    image_latent = _encoded(vae, _photo())
+
+    runs = [  # (positive, latent, steps, strength, seed, sampler)
+        (lighthouse, None, 4, 1.0, SEED, "euler_ancestral"),
+        (lighthouse, None, 4, 1.0, SEED + 1, "euler_ancestral"),  # another seed: new start and step noise
+        (fox, None, 4, 1.0, SEED, "euler_ancestral"),  # another prompt: new context (and pooled output)
+        (fox, image_latent, 2, 0.5, SEED, "euler_ancestral"),  # refine: a new schedule, a new graph
+        (lighthouse, image_latent, 2, 0.5, SEED + 2, "euler_ancestral"),
+        (fox, None, 2, 1.0, SEED, "consistency"),
+    ]
+    for positive, latent, steps, strength, seed, sampler in runs:
+        latent = g.empty_latent(SIZE) if latent is None else latent
+        sample = {"seed": seed, "steps": steps, "strength": strength, "spacing": "trailing", "sampler": sampler,
+                  "eta": 1.0}
+        got = g.turbo_sample(engine_model, positive, latent, **sample)["samples"]
+        want = g.turbo_sample(normal_model, positive, latent, **sample)["samples"]
+        assert_fp32_close(got, want)
+    assert state.runs["recorded"] == 1 + 3 and state.runs["replayed"] == 1 + len(runs) and state.runs["direct"] == 0
+    assert [graph.replays for graph in eager_graphs] == [3, 2, 1]
+    assert state.last == "CUDA graph"
+
+
+def test_graphs_are_dropped_when_the_weights_move_and_kept_to_a_few(tiny_models, loaded, engine, eager_graphs):
+    engine_model, clip, _ = g.load(tiny_models["sd_turbo"].single_file.name, engine="on")
+    normal_model = loaded["sd_turbo"]["off"][0]
+    positive = g.encode(clip, PROMPT)
+    state = engine.state_of(engine_model)
+    want = _sample(normal_model, positive)
+    assert_fp32_close(_sample(engine_model, positive), want)
+    assert state.runs["recorded"] == 2 and len(state.graphs) == 2  # the loader's warm-up (1 step), then 2 steps
+
+    # A recorded graph reads the weights where they were: a reload elsewhere (same values) voids it.
+    bias = engine_model.model.diffusion_model.out[2].bias
+    bias.data = bias.data.clone()
+    assert_fp32_close(_sample(engine_model, positive), want)
+    assert state.runs["recorded"] == 3 and len(state.graphs) == 1
+
+    for steps in range(1, engine.GRAPHS_PER_MODEL + 3):
+        _sample(engine_model, positive, steps=steps)
+    assert len(state.graphs) == engine.GRAPHS_PER_MODEL
+
+
+def test_a_recording_that_fails_leaves_the_direct_path_for_good(tiny_models, loaded, engine, monkeypatch):
+    """Should some host's UNet not be recordable, the run (and every later one) takes the direct path."""
+    attempts = []
+
+    def failing_record(body, device):
+        attempts.append(device)
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(engine, "record", failing_record)
+    monkeypatch.setattr(engine, "capture_obstacle", lambda patcher, unet: None)
+    engine_model, clip, _, message = g.load_with_message(tiny_models["sd_turbo"].single_file.name, engine="on")
+    assert message.startswith("engine: direct path (recording a CUDA graph failed: operation not permitted")
+    positive = g.encode(clip, PROMPT)
+    assert_fp32_close(_sample(engine_model, positive), _sample(loaded["sd_turbo"]["off"][0], positive))
+    state = engine.state_of(engine_model)
+    assert len(attempts) == 1 and state.runs["direct"] == 2 and not state.graphs  # the warm-up and this run
