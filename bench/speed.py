@@ -33,10 +33,12 @@ SEED = 1234
 VARIANTS = {
     "stock": "stock graph: CheckpointLoaderSimple + SDTurboScheduler + SamplerCustom (euler_ancestral) + VAEDecode",
     "pack_exact": "ADD Turbo exact: Loader defaults (fp32, full VAE, channels_last) + Sample (sai) + VAEDecode",
-    "pack_fast": "ADD Turbo fast: Loader (bf16, TAESD, SDPA, channels_last) + Sample + VAEDecode",
+    "pack_fast": "ADD Turbo fast: Loader (weight_dtype fast, TAESD, engine on) + Sample + VAEDecode",
+    "pack_fast_bf16": "ADD Turbo bf16: Loader (bf16, TAESD) + Sample + VAEDecode",
     "pack_fast_compile": "ADD Turbo fast + compile (inductor; compile time is load time, excluded)",
     "diffusers_fp32": "diffusers fp32 StableDiffusionPipeline (trailing, guidance 0)",
     "diffusers_bf16_tiny": "diffusers bf16 + AutoencoderTiny (TAESD)",
+    "diffusers_fp32_tiny": "diffusers fp32 + AutoencoderTiny (TAESD)",
 }
 
 
@@ -76,11 +78,13 @@ def _comfy_variant(variant, size, batch):
     import nodes
 
     options = {}
-    if variant.startswith("pack_fast"):
+    if variant == "pack_fast_bf16":
         options = {"weight_dtype": "bf16", "decoder": "taesd"}
+    elif variant.startswith("pack_fast"):
+        options = {"weight_dtype": "fast", "decoder": "taesd", "engine": "on"}
     if variant == "pack_fast_compile":
         options["compile"] = "inductor"
-    model, clip, vae, _ = graphs.load_stock_or_pack(CKPT, variant == "stock", **options)
+    model, clip, vae, message = graphs.load_stock_or_pack(CKPT, variant == "stock", **options)
 
     def run(timer, prompt):
         with torch.inference_mode():  # as ComfyUI's executor runs every node
@@ -93,6 +97,7 @@ def _comfy_variant(variant, size, batch):
                 (image,) = nodes.VAEDecode().decode(vae, out)
         return image.float()
 
+    run.loader_message = message
     return run
 
 
@@ -104,7 +109,7 @@ def _diffusers_variant(variant, size, batch):
     dtype = torch.bfloat16 if variant == "diffusers_bf16_tiny" else torch.float32
     pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
     pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
-    if variant == "diffusers_bf16_tiny":
+    if variant.endswith("_tiny"):
         torch.manual_seed(0)
         pipe.vae = AutoencoderTiny().to(dtype)  # random weights of the TAESD architecture
     pipe.set_progress_bar_config(disable=True)
@@ -149,7 +154,7 @@ def child(variant, size, batch, out_image):
 
         torch.save(image[:1].clone(), out_image)
     print(json.dumps({"variant": variant, "size": size, "batch": batch, "total": total, **timer.stages,
-                      "peaks": peaks, "peak_gib": max(peaks.values())}))
+                      "peaks": peaks, "peak_gib": max(peaks.values()), "loader": getattr(run, "loader_message", "")}))
 
 
 def _ensure_models():
@@ -211,7 +216,7 @@ def main() -> int:
                     images[(variant, size)] = image
                 print(f"round {round_index + 1} {variant:20s} {size:4d}px x{batch}: {row['total']:7.2f} s "
                       f"(text {row.get('text', 0):.2f}, unet {row.get('unet', 0):.2f}, decode {row.get('decode', 0):.2f})"
-                      f" peak {row['peak_gib']:.2f} GiB", flush=True)
+                      f" peak {row['peak_gib']:.2f} GiB {row.get('loader') or ''}", flush=True)
     report = _report(results, images, variants, configs)
     Path(args.out).write_text(report)
     print("\n" + report)
@@ -230,6 +235,7 @@ def _report(results, images, variants, configs) -> str:
 
     lines = ["# ADD Turbo speed, SD-Turbo (SD 2.1 sizes, random weights), 1 step\n",
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+             f"AMX {'yes' if getattr(torch.cpu, '_is_amx_tile_supported', lambda: False)() else 'no'}, "
              f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}. Median (min) seconds of the rounds; "
              "each run after an untimed warm-up in its own process; ComfyUI variants under torch.inference_mode, as its "
              "executor runs nodes. Peak RSS is the whole process's (models included): the largest of the peaks at load "

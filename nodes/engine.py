@@ -6,7 +6,9 @@ runs its guider and wrappers. For a guidance-free turbo model and one plain prom
 same inputs at every step, so the engine prepares them once per run with the host's own functions
 (host_api.DirectUNet) and runs the pack's sampler (add_turbo.samplers, with the per-step noise of
 add_turbo.noise) over the host's apply_model: its latents equal the normal path's. On a CUDA GPU the
-step loop is recorded as one CUDA graph per (batch, size, schedule, sampler) and replayed.
+step loop is recorded as one CUDA graph per (batch, size, schedule, sampler) and replayed. On CPU
+the UNet's conv layers run with their weights packed once in oneDNN's layout (add_turbo.packed_conv),
+where that reproduces the host's output bit for bit.
 
 Whatever it cannot reproduce (weight patches, hooks, ControlNet, areas, masks, ...) goes the normal
 way, with the reason logged once per model and reason.
@@ -15,6 +17,7 @@ way, with the reason logged once per model and reason.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import logging
 import time
@@ -22,7 +25,7 @@ import weakref
 
 import torch
 
-from ..add_turbo import noise, samplers
+from ..add_turbo import noise, packed_conv, samplers
 from . import host_api
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,8 @@ class EngineState:
         self.runs = collections.Counter()  # "direct", "recorded", "replayed", "fallback"
         self.last = "not run yet"
         self.capture_failure = None  # why recording failed once: not tried again for this model
+        self.packs = weakref.WeakKeyDictionary()  # CPU: conv layer -> PackedConv (add_turbo.packed_conv)
+        self.packing = ""  # CPU: how many conv layers the last direct run packed
 
 
 _STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -277,10 +282,26 @@ def sample(patcher, positive, latent, start_noise, sigmas, seed: int, sampler: s
             if callback is not None:
                 callback(i, denoised, x, steps)
 
-        x = run_steps(unet, unet.inputs, unet.start, sigmas, sampler, eta, noise_for_step, report)
+        with _packed_convolutions(patcher, unet, state):
+            x = run_steps(unet, unet.inputs, unet.start, sigmas, sampler, eta, noise_for_step, report)
         state.runs["direct"] += 1
-        state.last = f"direct path ({obstacle})"
+        state.last = f"direct path ({obstacle}){state.packing}"
         return unet.finish(x)
+
+
+@contextlib.contextmanager
+def _packed_convolutions(patcher, unet, state: EngineState):
+    """On CPU, the direct path's conv layers run with weights packed for oneDNN where that gives the
+    host's output bit for bit (checked per layer and input shape); state.packing says how many."""
+    state.packing = ""
+    if unet.device.type != "cpu" or not packed_conv.available() or host_api.has_compile_wrapper(patcher):
+        yield
+        return
+    with host_api.packed_convolutions(patcher, state.packs) as layers:
+        yield
+    packed = [state.packs[layer] for layer in layers if state.packs[layer].packed is not None]
+    size = sum(pack.nbytes() for pack in packed) / 2**30
+    state.packing = f", {len(packed)} of {len(layers)} conv layers packed for oneDNN (+{size:.2f} GiB)"
 
 
 def _log_once(patcher, message: str) -> None:

@@ -5,6 +5,7 @@ arguments and passes them on; HOST_SYMBOLS names every host symbol the pack buil
 parameters it relies on, and tests/nodes/test_host_contract.py checks them on whichever host runs.
 """
 
+import contextlib
 import inspect
 import logging
 
@@ -19,7 +20,7 @@ from comfy.model_base import ModelType
 from comfy.patcher_extension import WrappersMP
 from comfy_api.torch_helpers.torch_compile import COMPILE_KEY, apply_torch_compile_factory
 
-from ..add_turbo import decode_memory
+from ..add_turbo import decode_memory, packed_conv
 from . import compiling
 from .prompt_cache import PromptCache, freeze
 
@@ -467,3 +468,59 @@ class DirectUNet:
         self.patcher.cleanup()
         helpers.cleanup_models(self.conds, self.loaded)
         return False
+
+
+# --- Packed convolutions (engine on CPU): the UNet's conv layers with weights in oneDNN's layout ----
+
+HOST_SYMBOLS += [
+    ("comfy.ops", "disable_weight_init.Conv2d.forward", ()),
+    ("comfy.ops", "run_every_op", ()),
+]
+# The host's Conv2d runs its own forward (with weight casts and patches) when any of these is set.
+CONV_CAST_ATTRIBUTES = ("comfy_cast_weights", "weight_function", "bias_function")
+
+
+class _PackedConvForward:
+    """A host Conv2d's forward that runs the layer's packed copy where it applies, else the host's own.
+
+    A callable object, not a closure, so that a deep copy of the model points at the copied layer.
+    """
+
+    def __init__(self, conv, packed):
+        self.conv, self.packed = conv, packed
+
+    def __call__(self, *args, **kwargs):
+        conv = self.conv
+        if len(args) == 1 and not kwargs and not any(getattr(conv, name, True) for name in CONV_CAST_ATTRIBUTES):
+            import comfy.ops
+
+            comfy.ops.run_every_op()  # as the host's forward: cancelling a run still stops it here
+            out = self.packed(conv, args[0])
+            if out is not None:
+                return out
+        return type(conv).forward(conv, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def packed_convolutions(patcher, packs):
+    """Within: the UNet's Conv2d layers (the host's ops) run with packed weights (add_turbo.packed_conv)
+    where the packed output equals the host's bit for bit, the host's forward elsewhere.
+
+    `packs` (a weakref.WeakKeyDictionary, layer -> PackedConv) keeps the packed weights between runs.
+    Layers that already carry an instance forward (another extension's) are left alone.
+    """
+    import comfy.ops
+
+    layers = [m for m in patcher.model.diffusion_model.modules()
+              if isinstance(m, comfy.ops.disable_weight_init.Conv2d) and "forward" not in m.__dict__]
+    for layer in layers:
+        pack = packs.get(layer)
+        if pack is None:
+            pack = packs[layer] = packed_conv.PackedConv()
+        layer.forward = _PackedConvForward(layer, pack)
+    try:
+        yield layers
+    finally:
+        for layer in layers:
+            if isinstance(layer.__dict__.get("forward"), _PackedConvForward):
+                del layer.forward

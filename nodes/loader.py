@@ -76,6 +76,7 @@ def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full", att
     """
     load_device = mm.get_torch_device()
     _check_options(weight_dtype, decoder, attention, compile_mode, load_device)
+    weight_dtype, _ = precision.resolve(weight_dtype, load_device)
     if engine not in ENGINE_MODES:
         raise ValueError(f"engine must be one of {ENGINE_MODES}, got {engine!r}")
     prefix = checkpoints.UNET_PREFIX
@@ -167,9 +168,11 @@ class ADDTurboLoader(io.ComfyNode):
                                        "(sd_xl_turbo_1.0[_fp16].safetensors) from models/checkpoints, or a "
                                        "'[diffusers] ' snapshot folder from models/diffusers."),
                 io.Combo.Input("weight_dtype", options=list(precision.WEIGHT_DTYPES), default="auto", optional=True,
-                               tooltip="Precision. auto: fp32 on CPU (exact), the host's choice on GPU. bf16 on CPU "
-                                       "computes the UNet, VAE and text encoder in bf16 (about 2x faster there, "
-                                       "slightly different images). fp16 picks the snapshot's fp16 variant."),
+                               tooltip="Precision. auto: fp32 on CPU (exact), the host's choice on GPU. fast: the "
+                                       "fastest for this machine: bf16 on a CPU with AMX units (about 2x faster, "
+                                       "slightly different images), fp32 on other CPUs (bf16 computes slower there), "
+                                       "the host's choice on GPU. bf16 on CPU computes the UNet, VAE and text "
+                                       "encoder in bf16. fp16 picks the snapshot's fp16 variant."),
                 io.Combo.Input("decoder", options=list(DECODERS), default="full", optional=True,
                                tooltip="full: the checkpoint's VAE. taesd: the tiny TAESD/TAESDXL autoencoder from "
                                        "models/vae_approx, much cheaper to decode with a small loss of detail."),
@@ -209,10 +212,16 @@ class ADDTurboLoader(io.ComfyNode):
     def execute(cls, ckpt_name, weight_dtype="auto", decoder="full", attention="sdpa", channels_last=True,
                 compile="off", engine="off") -> io.NodeOutput:
         path = _resolve(ckpt_name)
+        dtype_note = ""
+        if weight_dtype in precision.WEIGHT_DTYPES:  # else load_turbo refuses it, naming the choices
+            weight_dtype, dtype_note = precision.resolve(weight_dtype, mm.get_torch_device())
+        messages = [dtype_note] if dtype_note else []
+        if dtype_note:
+            log.info("ADD Turbo: %s", dtype_note)
         options = (weight_dtype, decoder, attention, channels_last, compile, engine)
         if compile == "off" and engine == "off":
-            return io.NodeOutput(*load_turbo(path, *options)[:3])
-        messages = []
+            model, clip, vae, _ = load_turbo(path, *options)
+            return io.NodeOutput(model, clip, vae, ui={"text": ["; ".join(messages)]} if messages else None)
         if compile == "off":
             model, clip, vae, _ = load_turbo(path, *options)
         else:

@@ -4,7 +4,29 @@ import comfy.model_management as mm
 import comfy.utils
 import torch
 
-WEIGHT_DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+WEIGHT_DTYPES = {"auto": None, "fast": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_has_amx() -> bool:
+    """AMX tile units (Intel Xeon 4th gen and later, when the OS or hypervisor enables them): what makes
+    bf16 matrix work about twice as fast as fp32 on a CPU. Without them, oneDNN's bf16 kernels are
+    slower than fp32 (measured, SD 2.1 UNet on a 2-core AVX-512 VM without AMX: 6.0 s bf16, 4.5 s fp32)."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe and probe())
+
+
+def resolve(weight_dtype: str, load_device) -> tuple[str, str]:
+    """("fast" resolved to a concrete choice, a note for the loader or ""): fast is bf16 on a CPU with
+    AMX, fp32 on other CPUs, the host's choice (auto) on a GPU."""
+    if load_device.type != "cpu":
+        return ("auto", "") if weight_dtype == "fast" else (weight_dtype, "")
+    amx = cpu_has_amx()
+    if weight_dtype == "fast":
+        return ("bf16", "fast: bf16 (this CPU has AMX)") if amx else \
+            ("fp32", "fast: fp32 (this CPU has no AMX units, so bf16 would compute slower than fp32)")
+    if weight_dtype == "bf16" and not amx:
+        return weight_dtype, "bf16 on a CPU without AMX units computes slower than fp32 here: 'fast' picks fp32"
+    return weight_dtype, ""
 
 
 def unet_dtypes(weight_dtype: str, load_device, sd, prefix, model_config):

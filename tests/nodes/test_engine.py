@@ -6,6 +6,7 @@ for the recording (`eager_record`), so everything but the CUDA calls is exercise
 """
 
 import logging
+import re
 import sys
 
 import pytest
@@ -107,7 +108,9 @@ def test_txt2img_through_the_engine_equals_the_normal_path(loaded, engine, host_
     assert host_sampler_runs == ["PositiveOnlyGuider"]
     got = _sample(engine_model, positive, steps=steps)
     assert host_sampler_runs == ["PositiveOnlyGuider"]  # the engine ran without the host's sampler
-    assert state.runs["direct"] == direct_before + 1 and state.last == "direct path (no CUDA graphs on cpu)"
+    assert state.runs["direct"] == direct_before + 1
+    assert re.fullmatch(r"direct path \(no CUDA graphs on cpu\), \d+ of \d+ conv layers packed for oneDNN "
+                        r"\(\+\d\.\d\d GiB\)", state.last), state.last
     diff = assert_fp32_close(got, want)
     assert torch.equal(got, want), f"{diff:.1e} apart: the same calls on the same inputs should be bit-identical"
     print(f"\nENGINE {family} txt2img {steps} step(s): bit-identical to the normal path")
@@ -161,7 +164,8 @@ def test_batches_and_sdxl_size_conditioning_match(loaded, host_sampler_runs):
 def test_loader_reports_the_engine_warm_up(tiny_models, engine):
     name = tiny_models["sd_turbo"].single_file.name
     model, _, _, message = g.load_with_message(name, engine="on")
-    assert message.startswith("engine: direct path (no CUDA graphs on cpu), 64x64 warm-up ") and message.endswith(" s")
+    assert re.fullmatch(r"engine: direct path \(no CUDA graphs on cpu\), \d+ of \d+ conv layers packed for oneDNN "
+                        r"\(\+\d\.\d\d GiB\), 64x64 warm-up \d+\.\d s", message), message
     assert engine.engine_on(model) and engine.engine_on(model.clone())  # clones carry the choice
     _, _, _, off_message = g.load_with_message(name)
     assert off_message == ""
@@ -344,7 +348,35 @@ def test_the_compile_wrapper_is_no_obstacle_and_runs_on_every_step(loaded, engin
     assert engine.fallback_reason(wrapped, positive, torch.zeros(1, 4, 8, 8)) is None
     got = _sample(wrapped, positive, steps=3)
     assert len(calls) == 3 and host_sampler_runs == []
+    assert engine.state_of(wrapped).last == "direct path (no CUDA graphs on cpu)"  # compiled code: nothing packed
     assert_fp32_close(got, _sample(normal_model, positive, steps=3))
+
+
+def test_packed_convolutions_exist_only_during_an_engine_run_and_leave_other_forwards_alone(loaded, engine):
+    """The host's Conv2d layers get the packed forward for the run only; a layer that another extension
+    gave its own forward keeps it, and the result stays the normal path's."""
+    import comfy.ops
+
+    normal_model, clip, _ = loaded["sd_turbo"]["off"]
+    engine_model = loaded["sd_turbo"]["on"][0]
+    layers = [m for m in engine_model.model.diffusion_model.modules()
+              if isinstance(m, comfy.ops.disable_weight_init.Conv2d)]
+    foreign, seen_during_run = layers[1], []
+
+    def foreign_forward(*args, **kwargs):
+        seen_during_run.append(sum("forward" in m.__dict__ for m in layers))
+        return type(foreign).forward(foreign, *args, **kwargs)
+
+    foreign.forward = foreign_forward
+    try:
+        positive = g.encode(clip, PROMPT)
+        got = _sample(engine_model, positive)
+        assert seen_during_run and all(n == len(layers) for n in seen_during_run)  # all wrapped while it ran
+        assert foreign.forward is foreign_forward
+    finally:
+        del foreign.forward
+    assert not any("forward" in m.__dict__ for m in layers)  # and none after
+    assert torch.equal(got, _sample(normal_model, positive))
 
 
 def test_unsupported_size_falls_back_only_where_a_cuda_graph_would_be_recorded(loaded, engine):

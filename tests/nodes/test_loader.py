@@ -1,6 +1,7 @@
 """ADDTurboLoader: every form of the same weights gives the same outputs; precision and decoder options."""
 
 import shutil
+import sys
 
 import pytest
 import torch
@@ -92,6 +93,26 @@ def test_bf16_computes_in_bf16_on_cpu(tiny_models):
     diff = (exact - fast).abs().max().item()
     print(f"\nbf16 vs fp32 on CPU: max|image diff|={diff:.3e}")
     assert 0 < diff < 0.25
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_fast_picks_bf16_only_where_the_cpu_has_amx_and_says_so(tiny_models, monkeypatch, amx):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    name = tiny_models["sd_turbo"].single_file.name
+    model, _, _, note = g.load_with_message(name, weight_dtype="fast")
+    assert model.model.get_dtype() == (torch.bfloat16 if amx else torch.float32)
+    assert note == ("fast: bf16 (this CPU has AMX)" if amx else
+                    "fast: fp32 (this CPU has no AMX units, so bf16 would compute slower than fp32)")
+    bf16_note = g.load_with_message(name, weight_dtype="bf16")[3]
+    # bf16 chosen on a CPU without AMX: the loader says that fast picks fp32
+    assert bf16_note == ("" if amx else "bf16 on a CPU without AMX units computes slower than fp32 here: "
+                                        "'fast' picks fp32")
+
+
+def test_fast_on_a_gpu_is_the_hosts_choice():
+    precision = next(m for key, m in sys.modules.items() if key.endswith("nodes.precision") and hasattr(m, "resolve"))
+    gpu = torch.device("cuda")
+    assert precision.resolve("fast", gpu) == ("auto", "") and precision.resolve("bf16", gpu) == ("bf16", "")
 
 
 @pytest.mark.parametrize("family,taesd", [("sd_turbo", "taesd"), ("sdxl_turbo", "taesdxl")])
