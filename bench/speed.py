@@ -98,6 +98,8 @@ def _comfy_variant(variant, size, batch):
         return image.float()
 
     run.loader_message = message
+    engine = next((m for key, m in sys.modules.items() if key.endswith("nodes.engine") and hasattr(m, "status")), None)
+    run.engine_status = (lambda: engine.status(model)) if engine and options.get("engine") == "on" else None
     return run
 
 
@@ -154,7 +156,8 @@ def child(variant, size, batch, out_image):
 
         torch.save(image[:1].clone(), out_image)
     print(json.dumps({"variant": variant, "size": size, "batch": batch, "total": total, **timer.stages,
-                      "peaks": peaks, "peak_gib": max(peaks.values()), "loader": getattr(run, "loader_message", "")}))
+                      "peaks": peaks, "peak_gib": max(peaks.values()), "loader": getattr(run, "loader_message", ""),
+                      "engine": run.engine_status() if getattr(run, "engine_status", None) else ""}))
 
 
 def _ensure_models():
@@ -216,7 +219,7 @@ def main() -> int:
                     images[(variant, size)] = image
                 print(f"round {round_index + 1} {variant:20s} {size:4d}px x{batch}: {row['total']:7.2f} s "
                       f"(text {row.get('text', 0):.2f}, unet {row.get('unet', 0):.2f}, decode {row.get('decode', 0):.2f})"
-                      f" peak {row['peak_gib']:.2f} GiB {row.get('loader') or ''}", flush=True)
+                      f" peak {row['peak_gib']:.2f} GiB {row.get('engine') or ''}", flush=True)
     report = _report(results, images, variants, configs)
     Path(args.out).write_text(report)
     print("\n" + report)

@@ -147,16 +147,18 @@ def noise_steps(sigmas: torch.Tensor, sampler: str, eta: float) -> list[int]:
 
 
 def run_steps(unet, inputs: dict, start: torch.Tensor, sigmas: torch.Tensor, sampler: str, eta: float,
-              noise_for_step, callback=None) -> torch.Tensor:
+              noise_for_step, callback=None, device_sigmas: torch.Tensor | None = None) -> torch.Tensor:
     """The pack's sampler over direct UNet calls: `start` [B, C, h, w] at sigmas[0] -> the sampled
     latent [B, C, h, w] (model space, fp32).
 
     The same arithmetic as sampling._turbo_sampler_function under the host's sampler: each call gets
     timestep sigma * ones([B]) with sigma on the device. `sigmas` [steps + 1] stay on the CPU, so
-    nothing here waits for the device (a CUDA graph can record it whole).
+    nothing here waits for the device (a CUDA graph can record it whole). `device_sigmas`: the same
+    values on the device (default unet.sigmas, which live as long as this run).
     """
     s_in = start.new_ones([start.shape[0]])
-    on_device = {float(s): d for s, d in zip(sigmas[:-1], unet.sigmas[:-1], strict=True)}
+    device_sigmas = unet.sigmas if device_sigmas is None else device_sigmas
+    on_device = {float(s): d for s, d in zip(sigmas[:-1], device_sigmas[:-1], strict=True)}
 
     def denoiser(x, sigma):
         return unet(x, on_device[float(sigma)] * s_in, inputs)
@@ -196,9 +198,12 @@ class StepGraph:
         self.x = unet.start.clone()
         self.inputs = {k: v.clone() for k, v in unet.inputs.items()}
         self.noise = {step: n.to(device=self.x.device, copy=True) for step, n in step_noise.items()}
+        # The graph reads the sigmas by address on every replay: its own copies, not the recording run's.
+        self.sigmas, sigmas = unet.sigmas.clone(), sigmas.clone()
 
         def body():
-            return run_steps(unet, self.inputs, self.x, sigmas, sampler, eta, self.noise.__getitem__)
+            return run_steps(unet, self.inputs, self.x, sigmas, sampler, eta, self.noise.__getitem__,
+                             device_sigmas=self.sigmas)
 
         self.graph, self.out = record(body, unet.start.device)
 
@@ -326,6 +331,10 @@ def warm_up(patcher, clip) -> str:
     latent = torch.zeros([1, patcher.model.latent_format.latent_channels, size // 8, size // 8])
     began = time.perf_counter()
     sample_latent(patcher, positive, latent, 0, 1, 1.0, "trailing", "euler_ancestral", 1.0)
-    message = f"{status(patcher)}, {size}x{size} warm-up {time.perf_counter() - began:.1f} s"
+    state = state_of(patcher)
+    route = status(patcher)
+    if state.packing:  # at 64x64 few layers pack exactly; each size's first run checks its own
+        route = route.replace(state.packing, ", conv layers packed for oneDNN at each size's first run")
+    message = f"{route}, {size}x{size} warm-up {time.perf_counter() - began:.1f} s"
     log.info("ADD Turbo: %s", message)
     return message
