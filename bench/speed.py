@@ -219,7 +219,8 @@ def main() -> int:
                     images[(variant, size)] = image
                 print(f"round {round_index + 1} {variant:20s} {size:4d}px x{batch}: {row['total']:7.2f} s "
                       f"(text {row.get('text', 0):.2f}, unet {row.get('unet', 0):.2f}, decode {row.get('decode', 0):.2f})"
-                      f" peak {row['peak_gib']:.2f} GiB {row.get('engine') or ''}", flush=True)
+                      f" peak {row['peak_gib']:.2f} GiB {row.get('engine') or ''}"
+                      f"{' | loader: ' + row['loader'] if 'compile' in variant else ''}", flush=True)
     report = _report(results, images, variants, configs)
     Path(args.out).write_text(report)
     print("\n" + report)
