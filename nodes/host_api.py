@@ -11,6 +11,7 @@ import logging
 
 import comfy.model_management
 import comfy.model_patcher
+import comfy.ops
 import comfy.samplers
 import comfy.sd
 import torch
@@ -492,8 +493,6 @@ class _PackedConvForward:
     def __call__(self, *args, **kwargs):
         conv = self.conv
         if len(args) == 1 and not kwargs and not any(getattr(conv, name, True) for name in CONV_CAST_ATTRIBUTES):
-            import comfy.ops
-
             comfy.ops.run_every_op()  # as the host's forward: cancelling a run still stops it here
             out = self.packed(conv, args[0])
             if out is not None:
@@ -509,8 +508,6 @@ def packed_convolutions(patcher, packs):
     `packs` (a weakref.WeakKeyDictionary, layer -> PackedConv) keeps the packed weights between runs.
     Layers that already carry an instance forward (another extension's) are left alone.
     """
-    import comfy.ops
-
     layers = [m for m in patcher.model.diffusion_model.modules()
               if isinstance(m, comfy.ops.disable_weight_init.Conv2d) and "forward" not in m.__dict__]
     for layer in layers:
