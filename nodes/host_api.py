@@ -8,6 +8,7 @@ parameters it relies on, and tests/nodes/test_host_contract.py checks them on wh
 import contextlib
 import inspect
 import logging
+import weakref
 
 import comfy.model_management
 import comfy.model_patcher
@@ -21,7 +22,7 @@ from comfy.model_base import ModelType
 from comfy.patcher_extension import WrappersMP
 from comfy_api.torch_helpers.torch_compile import COMPILE_KEY, apply_torch_compile_factory
 
-from ..add_turbo import decode_memory, packed_conv
+from ..add_turbo import decode_memory, fused_blocks, packed_conv
 from . import compiling
 from .prompt_cache import PromptCache, freeze
 
@@ -36,6 +37,7 @@ HOST_SYMBOLS = [
     ("comfy.sd", "CLIP.load_sd", ("sd", "full_model")),
     ("comfy.sd", "VAE.__init__", ("sd", "config", "dtype")),
     ("comfy.sd", "VAE.decode", ("samples_in",)),
+    ("comfy.sd", "VAE.encode", ("pixel_samples",)),
     ("comfy.sd", "VAE.decode_tiled", ("samples", "tile_x", "tile_y", "overlap")),
     ("comfy.model_management", "get_free_memory", ("dev",)),
     ("comfy.model_base", "SDXL.__init__", ("model_config", "model_type", "device")),
@@ -112,7 +114,8 @@ def use_sdpa_in_unet(patcher) -> None:
 
 
 class TurboVAE(comfy.sd.VAE):
-    """The host's VAE that, on CPU, decodes in tiles rather than fail for memory.
+    """The host's VAE that, on CPU, decodes in tiles rather than fail for memory, and with the engine on
+    runs TAESD's residual blocks with fused convolutions (`fuse_taesd_blocks`).
 
     The host splits a batch by free memory but decodes a single image whole whatever it needs, and
     on CPU a failed allocation is a plain RuntimeError it does not retry (or the kernel's OOM killer
@@ -120,10 +123,23 @@ class TurboVAE(comfy.sd.VAE):
     overlapping tilings averaged), and a failed allocation retries tiled. Elsewhere: the host's decode.
     """
 
+    fused_blocks = None  # TAESD Block -> add_turbo.fused_blocks.FusedResidualBlock, when fusing is on
+
     def decode(self, samples_in, *args, **kwargs):
         """[B, C, h, w] latent -> [B, 8h, 8w, 3] image, as the host's decode."""
         if self.device.type != "cpu":
             return super().decode(samples_in, *args, **kwargs)
+        with _fused_taesd_blocks(self):
+            return self._decode_on_cpu(samples_in, *args, **kwargs)
+
+    def encode(self, pixel_samples, *args, **kwargs):
+        """[B, H, W, 3] image -> latent, as the host's encode."""
+        if self.device.type != "cpu":
+            return super().encode(pixel_samples, *args, **kwargs)
+        with _fused_taesd_blocks(self):
+            return super().encode(pixel_samples, *args, **kwargs)
+
+    def _decode_on_cpu(self, samples_in, *args, **kwargs):
         height, width = samples_in.shape[-2:]
         dtype_bytes = comfy.model_management.dtype_size(self.vae_dtype)
         free = comfy.model_management.get_free_memory(self.device)
@@ -280,6 +296,7 @@ OVERRIDES = [
     (TurboSDXL.get_model, supported_models.SDXL.get_model),
     (PositiveOnlyGuider.set_conds, comfy.samplers.CFGGuider.set_conds),
     (TurboVAE.decode, comfy.sd.VAE.decode),
+    (TurboVAE.encode, comfy.sd.VAE.encode),
 ]
 
 
@@ -521,3 +538,73 @@ def packed_convolutions(patcher, packs):
         for layer in layers:
             if isinstance(layer.__dict__.get("forward"), _PackedConvForward):
                 del layer.forward
+
+
+# --- TAESD on CPU with the engine on: residual blocks through fused convolutions ---------------------
+
+HOST_SYMBOLS += [
+    ("comfy.taesd.taesd", "Block.forward", ("x",)),
+]
+
+
+def fuse_taesd_blocks(vae) -> bool:
+    """From now on, on CPU, the TAESD blocks of `vae` run through add_turbo.fused_blocks where the fused
+    output equals the host's bit for bit. False where there is nothing to fuse (not TAESD, no oneDNN)."""
+    if not isinstance(vae, TurboVAE) or not fused_blocks.available() or not _taesd_blocks(vae):
+        return False
+    vae.fused_blocks = weakref.WeakKeyDictionary()
+    return True
+
+
+def _taesd_blocks(vae) -> list:
+    """The host TAESD Blocks of the shape relu(conv(relu(conv(relu(conv(x))))) + skip(x)), no extra forward."""
+    from comfy.taesd import taesd
+
+    def host_conv(module):
+        return isinstance(module, comfy.ops.disable_weight_init.Conv2d) and "forward" not in module.__dict__
+
+    found = []
+    for block in vae.first_stage_model.modules():
+        if not isinstance(block, taesd.Block) or "forward" in block.__dict__ or getattr(block, "pool", None) is not None:
+            continue
+        layers = list(block.conv) if isinstance(block.conv, torch.nn.Sequential) else []
+        kinds = [host_conv(m) if i % 2 == 0 else type(m) is torch.nn.ReLU for i, m in enumerate(layers)]
+        skip_ok = type(block.skip) is torch.nn.Identity or (host_conv(block.skip) and block.skip.bias is None)
+        if len(layers) == 5 and all(kinds) and type(block.fuse) is torch.nn.ReLU and skip_ok:
+            found.append(block)
+    return found
+
+
+class _FusedBlockForward:
+    """A TAESD Block's forward through the fused block where it applies, else the host's own."""
+
+    def __init__(self, block, fused):
+        self.block, self.fused = block, fused
+
+    def __call__(self, *args, **kwargs):
+        block = self.block
+        convs = list(block.conv)[0::2]
+        layers = convs if type(block.skip) is torch.nn.Identity else [*convs, block.skip]
+        casts = any(getattr(m, name, True) for m in layers for name in CONV_CAST_ATTRIBUTES)
+        if len(args) != 1 or kwargs or casts:
+            return type(block).forward(block, *args, **kwargs)
+        comfy.ops.run_every_op()  # as the host's conv forwards: cancelling a run still stops it here
+        return self.fused(args[0], convs, block.skip, lambda x: type(block).forward(block, x))
+
+
+@contextlib.contextmanager
+def _fused_taesd_blocks(vae):
+    """Within: the blocks of a VAE that `fuse_taesd_blocks` was called on run fused (nothing otherwise)."""
+    store = vae.fused_blocks
+    blocks = _taesd_blocks(vae) if store is not None else []
+    for block in blocks:
+        fused = store.get(block)
+        if fused is None:
+            fused = store[block] = fused_blocks.FusedResidualBlock()
+        block.forward = _FusedBlockForward(block, fused)
+    try:
+        yield
+    finally:
+        for block in blocks:
+            if isinstance(block.__dict__.get("forward"), _FusedBlockForward):
+                del block.forward

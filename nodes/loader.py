@@ -138,6 +138,8 @@ def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full", att
         host_api.compile_unet(patcher, compile_mode)
         host_api.compile_text_encoders(clip, compile_mode)
     set_engine(patcher, engine)
+    if engine == "on":
+        host_api.fuse_taesd_blocks(vae)
     options = (weight_dtype, decoder, attention, channels_last, compile_mode, engine)
     host_api.register_reload(reload_patchers, (path, *options), patcher, clip, vae)
     log.info("ADD Turbo: loaded %s as %s (UNet %s, decoder %s)", path, info.family_name, unet_dtype, decoder)
@@ -199,7 +201,8 @@ class ADDTurboLoader(io.ComfyNode):
                                        "the 512x512 one during a warm-up at load); on CPU the same direct path "
                                        "runs without recording, its conv layers over weights packed once for "
                                        "oneDNN where that gives the same bits (faster, more memory: the node "
-                                       "says how much). Anything it cannot run (LoRA or other patches, "
+                                       "says how much), and TAESD's blocks with their ReLUs and skip adds fused "
+                                       "into the convolutions (same bits). Anything it cannot run (LoRA or other patches, "
                                        "hooks, ControlNet, masks, areas, sizes not a multiple of 64 px on CUDA) "
                                        "takes the normal path, with the reason in the log."),
             ],
@@ -235,5 +238,7 @@ class ADDTurboLoader(io.ComfyNode):
             messages.append(compiling.warm_up(model, clip, vae, compile, cache))
         if engine == "on":  # after a compile warm-up (which sampled through the engine) its status says enough
             messages.append(engine_status(model) if compile != "off" else engine_warm_up(model, clip))
+            if vae.fused_blocks is not None and mm.get_torch_device().type == "cpu":
+                messages.append("TAESD blocks run as fused oneDNN convolutions (ReLU and skip add inside)")
         return io.NodeOutput(model, clip, vae, ui={"text": ["; ".join(messages)]})
 

@@ -379,6 +379,43 @@ def test_packed_convolutions_exist_only_during_an_engine_run_and_leave_other_for
     assert torch.equal(got, _sample(normal_model, positive))
 
 
+def test_taesd_blocks_run_fused_during_decode_and_encode_only_with_the_same_bits(tiny_models, engine):
+    """With the engine on, TAESD's blocks get the fused forward while the VAE decodes or encodes, a block
+    that another extension gave its own forward keeps it, and images and latents stay the host's."""
+    from comfy.taesd import taesd
+
+    name = tiny_models["sd_turbo"].single_file.name
+    _, _, host_vae = g.load(name, decoder="taesd")
+    _, _, vae, message = g.load_with_message(name, decoder="taesd", engine="on")
+    assert host_vae.fused_blocks is None and vae.fused_blocks is not None
+    assert message.endswith("; TAESD blocks run as fused oneDNN convolutions (ReLU and skip add inside)"), message
+    blocks = [m for m in vae.first_stage_model.modules() if isinstance(m, taesd.Block)]
+    foreign, fused_during_run = blocks[-1], []
+
+    def foreign_forward(x):
+        return type(foreign).forward(foreign, x)
+
+    foreign.forward = foreign_forward
+    decoder_blocks = [b for b in vae.first_stage_model.taesd_decoder.modules() if isinstance(b, taesd.Block)]
+    hooks = [block.register_forward_pre_hook(lambda *_: fused_during_run.append(
+        sum(type(b.__dict__.get("forward")).__name__ == "_FusedBlockForward" for b in blocks)))
+        for block in (decoder_blocks[0], blocks[0])]  # blocks[0] is the encoder's
+    latent = {"samples": torch.randn(2, 4, 8, 12, generator=torch.Generator().manual_seed(5))}
+    try:
+        image = g.decode(vae, latent)
+        encoded = _encoded(vae, image)
+        assert fused_during_run == [len(blocks) - 1, len(blocks) - 1]  # all but the foreign one, in both
+        assert foreign.forward is foreign_forward
+    finally:
+        for hook in hooks:
+            hook.remove()
+        del foreign.forward
+    assert not any("forward" in b.__dict__ for b in blocks)  # and none after
+    assert torch.equal(image, g.decode(host_vae, latent))
+    assert torch.equal(encoded["samples"], _encoded(host_vae, image)["samples"])
+    assert all(vae.fused_blocks[b].exact for b in decoder_blocks if b is not foreign)  # each checked its shape
+
+
 def test_unsupported_size_falls_back_only_where_a_cuda_graph_would_be_recorded(loaded, engine):
     model, clip, _ = loaded["sd_turbo"]["on"]
     positive = g.encode(clip, PROMPT)
