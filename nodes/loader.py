@@ -192,7 +192,8 @@ class ADDTurboLoader(io.ComfyNode):
                                        "512x512 warm-up and reports its time; another image size or batch compiles "
                                        "once more on its first run. Compiled graphs are kept on disk (user/__cache/"
                                        "add_turbo_compile, or ADD_TURBO_COMPILE_CACHE), per checkpoint and options: "
-                                       "the next start loads them in seconds. "
+                                       "the next start loads them instead of generating code again (it still traces the "
+                                       "model: full-size SD-Turbo on a 2-core CPU 45 s instead of 150 s). "
                                        "'+ cuda graphs' replays each UNet call as one CUDA graph (GPU only)."),
                 io.Combo.Input("engine", options=list(ENGINE_MODES), default="off", optional=True,
                                tooltip="on: sample without the host's per-step machinery (conditioning copies, "
