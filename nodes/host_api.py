@@ -518,26 +518,33 @@ class _PackedConvForward:
 
 
 @contextlib.contextmanager
+def _instance_forwards(modules: list, store, new_state, forward_class):
+    """Within: each module runs forward_class(module, state) as its instance forward, its state kept in
+    `store` (module -> state, made by new_state()) between calls. Yields `modules`."""
+    for module in modules:
+        state = store.get(module)
+        if state is None:
+            state = store[module] = new_state()
+        module.forward = forward_class(module, state)
+    try:
+        yield modules
+    finally:
+        for module in modules:
+            if isinstance(module.__dict__.get("forward"), forward_class):
+                del module.forward
+
+
 def packed_convolutions(patcher, packs):
-    """Within: the UNet's Conv2d layers (the host's ops) run with packed weights (add_turbo.packed_conv)
-    where the packed output equals the host's bit for bit, the host's forward elsewhere.
+    """A context manager; within, the UNet's Conv2d layers (the host's ops) run with packed weights
+    (add_turbo.packed_conv) where the packed output equals the host's bit for bit, the host's forward
+    elsewhere. It yields the layers.
 
     `packs` (a weakref.WeakKeyDictionary, layer -> PackedConv) keeps the packed weights between runs.
     Layers that already carry an instance forward (another extension's) are left alone.
     """
     layers = [m for m in patcher.model.diffusion_model.modules()
               if isinstance(m, comfy.ops.disable_weight_init.Conv2d) and "forward" not in m.__dict__]
-    for layer in layers:
-        pack = packs.get(layer)
-        if pack is None:
-            pack = packs[layer] = packed_conv.PackedConv()
-        layer.forward = _PackedConvForward(layer, pack)
-    try:
-        yield layers
-    finally:
-        for layer in layers:
-            if isinstance(layer.__dict__.get("forward"), _PackedConvForward):
-                del layer.forward
+    return _instance_forwards(layers, packs, packed_conv.PackedConv, _PackedConvForward)
 
 
 # --- TAESD on CPU with the engine on: residual blocks through fused convolutions ---------------------
@@ -592,19 +599,10 @@ class _FusedBlockForward:
         return self.fused(args[0], convs, block.skip, lambda x: type(block).forward(block, x))
 
 
-@contextlib.contextmanager
 def _fused_taesd_blocks(vae):
-    """Within: the blocks of a VAE that `fuse_taesd_blocks` was called on run fused (nothing otherwise)."""
+    """A context manager; within, the blocks of a VAE that `fuse_taesd_blocks` was called on run fused
+    (nothing changes for other VAEs)."""
     store = vae.fused_blocks
     blocks = _taesd_blocks(vae) if store is not None else []
-    for block in blocks:
-        fused = store.get(block)
-        if fused is None:
-            fused = store[block] = fused_blocks.FusedResidualBlock()
-        block.forward = _FusedBlockForward(block, fused)
-    try:
-        yield
-    finally:
-        for block in blocks:
-            if isinstance(block.__dict__.get("forward"), _FusedBlockForward):
-                del block.forward
+    return _instance_forwards(blocks, {} if store is None else store, fused_blocks.FusedResidualBlock,
+                              _FusedBlockForward)
