@@ -52,9 +52,9 @@ class FusedResidualBlock:
         verdict = self.exact.get(key)
         if verdict is False:
             return reference(x)
+        got = fused_residual_block(x.contiguous(memory_format=torch.channels_last), convs, skip)
         if verdict is None:
             want = reference(x)
-            got = fused_residual_block(x.contiguous(memory_format=torch.channels_last), convs, skip)
             self.exact[key] = torch.equal(got, want) and got.stride() == want.stride()  # layout steers later ops
             return want
-        return fused_residual_block(x.contiguous(memory_format=torch.channels_last), convs, skip)
+        return got
