@@ -45,3 +45,16 @@ def seeded_noise(
         generator.manual_seed(generator_seed(seed, index, step))
         out[index] = torch.randn(item_shape, generator=generator, dtype=torch.float32)
     return out.to(device=device, dtype=dtype)
+
+
+def grouped_noise(
+    groups: list[tuple[int, int]],
+    item_shape: tuple[int, ...] | torch.Size,
+    step: int = 0,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Noise [sum(rows), *item_shape] for a batch made of groups (seed, rows): each group's rows are
+    what seeded_noise(seed, [rows, *item_shape], step) gives it alone, so several prompts sampled in
+    one batch each get the noise of their own run."""
+    return torch.cat([seeded_noise(seed, (rows, *item_shape), step, device, dtype) for seed, rows in groups])

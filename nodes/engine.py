@@ -223,13 +223,13 @@ def _weights_fingerprint(module: torch.nn.Module) -> tuple:
     return tuple(t.data_ptr() for t in itertools.chain(module.parameters(), module.buffers()))
 
 
-def _replay(state: EngineState, patcher, unet, sigmas, seed: int, sampler: str, eta: float) -> torch.Tensor:
+def _replay(state: EngineState, patcher, unet, sigmas, seeds: list, sampler: str, eta: float) -> torch.Tensor:
     weights = _weights_fingerprint(unet.base)
     if weights != state.weights:
         state.graphs.clear()
         state.weights = weights
     shape = tuple(unet.start.shape)
-    step_noise = {step: noise.seeded_noise(seed, shape, step=step) for step in noise_steps(sigmas, sampler, eta)}
+    step_noise = {step: noise.grouped_noise(seeds, shape[1:], step=step) for step in noise_steps(sigmas, sampler, eta)}
     # The sigmas stand for (steps, strength, spacing): the sampler's step sizes are constants in the graph.
     attention = patcher.model_options.get("transformer_options", {}).get("optimized_attention_override")
     key = (shape, tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(unet.inputs.items())),
@@ -250,25 +250,30 @@ def _replay(state: EngineState, patcher, unet, sigmas, seed: int, sampler: str, 
     return graph.replay(unet.start, unet.inputs, step_noise)
 
 
-def sample(patcher, positive, latent, start_noise, sigmas, seed: int, sampler: str, eta: float,
-           callback=None) -> torch.Tensor:
+def sample(patcher, positive, latent, start_noise, sigmas, seed: int | list[tuple[int, int]], sampler: str,
+           eta: float, callback=None) -> torch.Tensor:
     """Sample through the engine; call only when `fallback_reason` is None.
 
     Args:
         latent: [B, C, h, w] (zeros for text to image); start_noise: [B, C, h, w] on the CPU;
-        sigmas: [steps + 1] on the CPU, ending in 0; callback: the host's step callback
-        (step, x0, x, total_steps); a replayed graph reports once, at the end.
+        sigmas: [steps + 1] on the CPU, ending in 0; seed: keys the per-step noise of image k by
+        seed + k, or, for a batch of several prompts' images, groups (seed, rows) in batch order
+        (noise.grouped_noise); callback: the host's step callback (step, x0, x, total_steps); a
+        replayed graph reports once, at the end.
     Returns:
         the sampled latent [B, C, h, w], fp32 on the load device, as the host's guider returns it.
     """
     state = state_of(patcher)
     steps = len(sigmas) - 1
-    with host_api.DirectUNet(patcher, positive, start_noise, latent, seed, sigmas) as unet:
+    seeds = [(seed, latent.shape[0])] if isinstance(seed, int) else list(seed)
+    if sum(rows for _, rows in seeds) != latent.shape[0]:
+        raise ValueError(f"the seed groups {seeds} do not cover the batch of {latent.shape[0]}")
+    with host_api.DirectUNet(patcher, positive, start_noise, latent, seeds[0][0], sigmas) as unet:
         obstacle = capture_obstacle(patcher, unet) or state.capture_failure
         if obstacle is None:
             try:
                 with torch.inference_mode():  # as the executor runs nodes: the buffers stay writable in place
-                    x = _replay(state, patcher, unet, sigmas, seed, sampler, eta)
+                    x = _replay(state, patcher, unet, sigmas, seeds, sampler, eta)
             except RuntimeError as error:  # something in this host's UNet cannot be recorded
                 state.graphs.clear()
                 state.capture_failure = obstacle = f"recording a CUDA graph failed: {str(error)[:200]}"
@@ -281,7 +286,7 @@ def sample(patcher, positive, latent, start_noise, sigmas, seed: int, sampler: s
             _log_once(patcher, f"ADD Turbo engine: {obstacle}: running the steps directly, without a CUDA graph")
 
         def noise_for_step(step):
-            return noise.seeded_noise(seed, unet.start.shape, step=step, device=unet.device)
+            return noise.grouped_noise(seeds, unet.start.shape[1:], step=step, device=unet.device)
 
         def report(i, x, denoised):
             if callback is not None:

@@ -13,6 +13,7 @@ from . import engine
 from .host_api import PositiveOnlyGuider
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
+QUEUE_BATCH_MAX = 16
 STEPS_TOOLTIP = "Number of steps actually run (1-4 is what ADD models are made for). Never rounded to zero."
 STRENGTH_TOOLTIP = ("How much of the image is re-generated, continuous in (0, 1]: 1.0 starts from pure noise "
                     "(text to image); 0.5 runs the steps over the lower half of the noise schedule.")
@@ -86,6 +87,38 @@ def check_model_inputs(model, positive, latent) -> None:
     inputs.check_conditioning(positive, unet_config.get("context_dim"), unet_config.get("adm_in_channels") is not None)
 
 
+def _prepare(model, positive, latent, steps, strength, spacing, sampler, eta):
+    """(latent as sampling starts from it, sigmas [steps + 1], the host SAMPLER), inputs checked."""
+    latent = comfy.sample.fix_empty_latent_channels(model, latent)
+    check_model_inputs(model, positive, latent)
+    sigmas = model_sigmas(model, steps, strength, spacing)
+    sampler_object = turbo_sampler(sampler, eta)  # checks sampler and eta for either path
+    if strength >= 1.0:
+        latent = torch.zeros_like(latent)
+    return latent, sigmas, sampler_object
+
+
+def sample_latents_together(model, positive, latent, seeds: list[int], steps, strength, spacing, sampler,
+                            eta) -> tuple[list[torch.Tensor], str | None]:
+    """One latent [B, C, h, w] per seed, all sampled as one batch through the engine: (latents, None);
+    or ([], why not) when the engine cannot sample them (it is off, or would fall back).
+
+    Latent k equals sample_latent(..., seeds[k], ...) up to fp32 rounding of the larger batch: its
+    rows get the noise of their own seed (noise.grouped_noise)."""
+    if not engine.engine_on(model):
+        return [], "the loader's engine is off"
+    latent, sigmas, _ = _prepare(model, positive, latent, steps, strength, spacing, sampler, eta)
+    batch = latent.repeat(len(seeds), *([1] * (latent.ndim - 1)))
+    reason = engine.fallback_reason(model, positive, batch)
+    if reason is not None:
+        return [], reason
+    groups = [(seed, latent.shape[0]) for seed in seeds]
+    start_noise = noise.grouped_noise(groups, latent.shape[1:])
+    callback = latent_preview.prepare_callback(model, steps)
+    samples = engine.sample(model, positive, batch, start_noise, sigmas, groups, sampler, eta, callback)
+    return list(samples.to(comfy.model_management.intermediate_device()).split(latent.shape[0])), None
+
+
 def sample_latent(model, positive, latent, seed, steps, strength, spacing, sampler, eta, denoise_mask=None):
     """Guidance-free sampling of a latent batch [B, C, h, w] -> [B, C, h, w] (one model call per step).
 
@@ -94,12 +127,7 @@ def sample_latent(model, positive, latent, seed, steps, strength, spacing, sampl
     engine samples whenever it computes the same (nodes/engine.py); otherwise the host's sampler
     does, and why is logged once per model.
     """
-    latent = comfy.sample.fix_empty_latent_channels(model, latent)
-    check_model_inputs(model, positive, latent)
-    sigmas = model_sigmas(model, steps, strength, spacing)
-    sampler_object = turbo_sampler(sampler, eta)  # checks sampler and eta for either path
-    if strength >= 1.0:
-        latent = torch.zeros_like(latent)
+    latent, sigmas, sampler_object = _prepare(model, positive, latent, steps, strength, spacing, sampler, eta)
     start_noise = noise.seeded_noise(seed, latent.shape)
     callback = latent_preview.prepare_callback(model, steps)
     if engine.engine_on(model):
@@ -172,14 +200,27 @@ class ADDTurboSample(io.ComfyNode):
                              tooltip="Noise seed; image k of a batch uses seed + k."),
                 *schedule_inputs(),
                 *sampler_inputs(),
+                io.Int.Input("queue_batch", default=1, min=1, max=QUEUE_BATCH_MAX, optional=True,
+                             tooltip="Most prompts per UNet call. Above 1, with the loader's engine on: prompts "
+                                     "waiting in the queue that differ from this one only in this node's seed "
+                                     "(queueing a graph several times with a random seed) are sampled together "
+                                     "with it in one UNet call, and take their latents from it when they run. "
+                                     "Each image equals its lone run up to float rounding, as images of one "
+                                     "batch do. 1: each prompt samples alone."),
             ],
             outputs=[io.Latent.Output(tooltip="The sampled latent; decode with VAE Decode.")],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
         )
 
     @classmethod
-    def execute(cls, model, positive, latent_image, seed, steps, strength, spacing, sampler, eta) -> io.NodeOutput:
-        samples = sample_latent(model, positive, latent_image["samples"], seed, steps, strength, spacing, sampler, eta,
-                                denoise_mask=latent_image.get("noise_mask"))
+    def execute(cls, model, positive, latent_image, seed, steps, strength, spacing, sampler, eta,
+                queue_batch=1) -> io.NodeOutput:
+        from . import queue_batching  # it builds on this module
+
+        hidden = getattr(cls, "hidden", None)  # None when the node is called outside the executor
+        samples, note = queue_batching.sample(model, positive, latent_image["samples"], seed, steps, strength,
+                                              spacing, sampler, eta, queue_batch, getattr(hidden, "prompt", None),
+                                              getattr(hidden, "unique_id", None), latent_image.get("noise_mask"))
         out = {**latent_image, "samples": samples}
         out.pop("noise_mask", None)
-        return io.NodeOutput(out)
+        return io.NodeOutput(out, ui={"text": [note]} if note else None)

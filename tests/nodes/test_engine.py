@@ -161,6 +161,34 @@ def test_batches_and_sdxl_size_conditioning_match(loaded, host_sampler_runs):
     assert host_sampler_runs == ["PositiveOnlyGuider"]
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_several_seeds_in_one_engine_batch_each_equal_their_lone_run(loaded, engine, host_sampler_runs, family):
+    """ADD Turbo Sample's queue_batch: the latents of several queued prompts from one UNet call per step."""
+    sampling = next(m for k, m in sys.modules.items() if k.endswith("nodes.sampling") and hasattr(m, "sample_latent"))
+    model, clip = loaded[family]["on"][:2]
+    positive = g.encode(clip, PROMPT)
+    latent = g.empty_latent(SIZE, batch=2)["samples"]
+    seeds = [SEED, 40, SEED + 1]  # image 1 of the first prompt and image 0 of the third share a seed
+    state = engine.state_of(model)
+    direct_before = state.runs["direct"]
+    latents, reason = sampling.sample_latents_together(model, positive, latent, seeds, 2, 1.0, "trailing",
+                                                       "euler_ancestral", 1.0)
+    assert reason is None and state.runs["direct"] == direct_before + 1  # one engine run for all three prompts
+    for seed, got in zip(seeds, latents, strict=True):
+        alone = sampling.sample_latent(model, positive, latent, seed, 2, 1.0, "trailing", "euler_ancestral", 1.0)
+        assert_fp32_close(got, alone)  # another batch size takes other kernels: equal up to fp32 rounding
+    assert torch.equal(latents[0][1], latents[2][0])  # one seed, one noise, one batch: the same bits
+    assert host_sampler_runs == []
+    _, off_reason = sampling.sample_latents_together(loaded[family]["off"][0], positive, latent, seeds, 2, 1.0,
+                                                     "trailing", "euler_ancestral", 1.0)
+    assert off_reason == "the loader's engine is off"
+    patched = model.clone()
+    patched.add_object_patch("diffusion_model.input_blocks.0.0.weight", torch.nn.Parameter(torch.zeros(1)))
+    _, patched_reason = sampling.sample_latents_together(patched, positive, latent, seeds, 2, 1.0, "trailing",
+                                                         "euler_ancestral", 1.0)
+    assert patched_reason is not None and "object patches" in patched_reason
+
+
 def test_loader_reports_the_engine_warm_up(tiny_models, engine):
     name = tiny_models["sd_turbo"].single_file.name
     model, _, _, message = g.load_with_message(name, engine="on")

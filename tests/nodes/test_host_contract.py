@@ -8,6 +8,7 @@ TypeError deep in a user's graph.
 import importlib
 import inspect
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,6 +75,20 @@ def test_the_host_still_reads_what_the_pack_sets(host_api):
     assert "optimized_attention_override" in inspect.getsource(attention)  # sdpa_attention's key
     assert "self.optimized_attention(" in inspect.getsource(vae_model.AttnBlock)  # use_sdpa_in_vae
     assert "self.embedder(" in inspect.getsource(model_base.SDXL.encode_adm)  # TurboSDXLModel's size embedder
+
+
+def test_the_prompt_queue_keeps_what_queue_batch_reads(host_api):
+    """queued_prompts / live_prompt_ids: the queue's lock, heap and running items, and the item layout
+    (number, prompt id, prompt, ...) the server puts in it."""
+    import execution
+
+    queue = execution.PromptQueue(server=None)
+    assert {"mutex", "queue", "currently_running"} <= set(vars(queue))
+    # The server module starts a server when imported; read its source instead.
+    server_source = (Path(execution.__file__).parent / "server.py").read_text()
+    assert "prompt_queue.put((number, prompt_id, prompt, extra_data" in server_source
+    assert "PromptServer.instance = self" in server_source
+    assert host_api.queued_prompts() == [] and host_api.live_prompt_ids() == set()  # no server in this process
 
 
 @pytest.mark.parametrize("family", ["sd_turbo", "sdxl_turbo"])

@@ -1,0 +1,86 @@
+"""Queued prompts batched together, without ComfyUI: which prompts are twins, the latent stash, the noise."""
+
+import copy
+
+import torch
+
+from add_turbo import noise, queue_batch
+
+
+def _prompt(seed=5, text="a cat", size=64, seed_node="4"):
+    return {
+        "1": {"class_type": "ADDTurboLoader", "inputs": {"ckpt_name": "sd_turbo.safetensors", "engine": "on"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": text}},
+        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+        seed_node: {"class_type": "ADDTurboSample", "inputs": {"model": ["1", 0], "positive": ["2", 0],
+                                                               "latent_image": ["3", 0], "seed": seed, "steps": 1}},
+    }
+
+
+def test_twins_differ_only_in_the_seed_of_this_node_and_keep_queue_order():
+    pending = [("a", _prompt(6)), ("b", _prompt(7, text="a dog")), ("c", _prompt(8, size=128)), ("d", _prompt(9)),
+               ("e", _prompt(6)), ("f", _prompt(5)), ("g", _prompt(10))]
+    # b: another text; c: another size; e: seed 6 is taken by a; f: the running prompt's own seed.
+    assert queue_batch.queued_twins(_prompt(5), "4", pending, limit=8) == [("a", 6), ("d", 9), ("g", 10)]
+    assert queue_batch.queued_twins(_prompt(5), "4", pending, limit=2) == [("a", 6), ("d", 9)]
+    assert queue_batch.queued_twins(_prompt(5), "4", pending, limit=0) == []
+
+
+def test_no_twins_for_another_node_a_linked_seed_or_an_extra_node():
+    pending = [("a", _prompt(6))]
+    assert queue_batch.queued_twins(_prompt(5, seed_node="9"), "9", pending, limit=4) == []
+    linked = _prompt(5)
+    linked["4"]["inputs"]["seed"] = ["7", 0]
+    assert queue_batch.queued_twins(linked, "4", [("a", copy.deepcopy(linked))], limit=4) == []
+    extra = _prompt(6)
+    extra["8"] = {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}}
+    assert queue_batch.queued_twins(_prompt(5), "4", [("a", extra)], limit=4) == []
+    running = _prompt(5)
+    queue_batch.queued_twins(running, "4", pending, limit=4)
+    assert running == _prompt(5) and pending == [("a", _prompt(6))]  # neither is changed
+
+
+def test_same_values_compares_tensors_by_value_and_other_objects_by_identity_or_equality():
+    model = object()
+    cond = [[torch.ones(1, 77, 8), {"pooled_output": torch.zeros(1, 8)}]]
+    same = [[torch.ones(1, 77, 8), {"pooled_output": torch.zeros(1, 8)}]]
+    assert queue_batch.same_values((model, cond, 1, "trailing"), (model, same, 1, "trailing"))
+    assert not queue_batch.same_values((model, cond), (object(), cond))
+    other = [[torch.ones(1, 77, 8), {"pooled_output": torch.zeros(1, 8) + 1e-7}]]
+    assert not queue_batch.same_values(cond, other)
+    assert not queue_batch.same_values(torch.ones(2), torch.ones(2, dtype=torch.float64))
+    assert not queue_batch.same_values(torch.ones(2), torch.ones(1, 2))
+    assert not queue_batch.same_values([1, 2], (1, 2))
+    assert not queue_batch.same_values({"a": 1}, {"a": 1, "b": 2})
+
+
+def test_the_stash_hands_each_latent_out_once_and_only_for_the_same_inputs():
+    stash = queue_batch.LatentStash()
+    model, cond = object(), [[torch.ones(1, 4, 8), {}]]
+    inputs = (model, cond, torch.zeros(1, 4, 8, 8), 1, 1.0)
+    latent = torch.randn(1, 4, 8, 8)
+    stash.put("p1", "4", 6, inputs, latent)
+    assert stash.take("4", 7, inputs) is None  # another seed
+    assert stash.take("5", 6, inputs) is None  # another node
+    changed = (model, [[torch.ones(1, 4, 8) * 2, {}]], torch.zeros(1, 4, 8, 8), 1, 1.0)
+    assert stash.take("4", 6, changed) is None  # the prompt's text gave another conditioning
+    assert stash.take("4", 6, (model, cond, torch.zeros(1, 4, 8, 8), 1, 1.0)) is latent  # equal values suffice
+    assert stash.take("4", 6, inputs) is None and len(stash) == 0  # once
+
+
+def test_the_stash_drops_latents_of_prompts_no_longer_queued_and_stays_bounded():
+    stash = queue_batch.LatentStash(size=3)
+    for i in range(5):
+        stash.put(f"p{i}", "4", i, (), torch.zeros(1))
+    assert stash.pending_ids() == {"p2", "p3", "p4"}  # oldest out first
+    stash.keep_only({"p3", "p9"})
+    assert stash.pending_ids() == {"p3"}
+
+
+def test_grouped_noise_gives_each_group_the_noise_of_its_own_run():
+    item = (4, 8, 8)
+    together = noise.grouped_noise([(5, 2), (11, 1), (5, 1)], item, step=2)
+    assert torch.equal(together[:2], noise.seeded_noise(5, (2, *item), step=2))
+    assert torch.equal(together[2:3], noise.seeded_noise(11, (1, *item), step=2))
+    assert torch.equal(together[3:], noise.seeded_noise(5, (1, *item), step=2))
+    assert torch.equal(noise.grouped_noise([(3, 4)], item), noise.seeded_noise(3, (4, *item)))
