@@ -66,6 +66,8 @@ VARIANTS = {
     "pack_engine_cached": "ADD Turbo engine, prompt unchanged (cached conditioning)",
     "pack_engine_compile": "ADD Turbo engine + compile (inductor + CUDA graphs)",
     "pack_engine_compile_cached": "ADD Turbo engine + compile, prompt unchanged",
+    "pack_engine_fp8": "ADD Turbo engine with fp8_e4m3fn UNet weights (the host's fp8 matmuls where the GPU has them)",
+    "pack_engine_fp8_cached": "ADD Turbo engine, fp8_e4m3fn, prompt unchanged",
     "pack_fast_eager": "ADD Turbo fast, no compile: fp16, TAESD, SDPA, channels_last",
     "pack_fast_inductor": "ADD Turbo fast, compile without CUDA graphs",
     "pack_fast": "ADD Turbo fast: fp16, TAESD, SDPA, channels_last, compile + CUDA graphs",
@@ -87,6 +89,7 @@ SECTIONS = {
                                         "diffusers_fp16_tiny_compile_cached", "stock", "pack_fast_eager",
                                         "diffusers_fp16_tiny"]),
     "sd_refine": ("sd_turbo", "measure", ["refine_pack_exact", "refine_pack_engine", "refine_diffusers_fp16_tiny_compile"]),
+    "sd_fp8": ("sd_turbo", "measure", ["pack_engine_fp8", "pack_engine_fp8_cached"]),
     "sd_sweep": ("sd_turbo", "sweep", ["pack_engine_cached", "diffusers_fp16_tiny_compile_cached"]),
     "sdxl_core": ("sdxl_turbo", "measure", ["pack_exact", "pack_engine", "pack_engine_cached",
                                             "diffusers_fp16_tiny_compile", "diffusers_fp16_tiny_compile_cached"]),
@@ -129,11 +132,11 @@ class Target:
     sweep: bool = False  # the best batch size of the sweep, else batch 1
 
 
-CACHED = ("pack_engine_cached", "pack_engine_compile_cached", "pack_fast_cached")
+CACHED = ("pack_engine_cached", "pack_engine_compile_cached", "pack_fast_cached", "pack_engine_fp8_cached")
 TARGETS = [
     Target("SD-Turbo live: batch 1, prompt unchanged", "sd_turbo", CACHED, "diffusers_fp16_tiny_compile_cached",
            "images/s", 125),
-    Target("SD-Turbo: batch 1, new prompt every image", "sd_turbo", ("pack_engine", "pack_engine_compile", "pack_fast"),
+    Target("SD-Turbo: batch 1, new prompt every image", "sd_turbo", ("pack_engine", "pack_engine_compile", "pack_fast", "pack_engine_fp8"),
            "diffusers_fp16_tiny_compile", "images/s", 80),
     Target("SD-Turbo throughput: best batch, prompt unchanged", "sd_turbo", CACHED, "diffusers_fp16_tiny_compile_cached",
            "images/s", 400, sweep=True),
@@ -209,6 +212,8 @@ def loader_options(variant: str) -> dict:
     options = dict(FAST)
     if base.startswith("pack_engine"):
         options["engine"] = "on"
+    if base == "pack_engine_fp8":
+        options["weight_dtype"] = "fp8_e4m3fn"
     if base in ("pack_fast", "pack_engine_compile"):  # CUDA graphs are refused off the GPU
         options["compile"] = "inductor + cuda graphs" if DEVICE == "cuda" else "inductor"
     elif base == "pack_fast_inductor":

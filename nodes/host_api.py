@@ -41,6 +41,8 @@ HOST_SYMBOLS = [
     ("comfy.sd", "VAE.encode", ("pixel_samples",)),
     ("comfy.sd", "VAE.decode_tiled", ("samples", "tile_x", "tile_y", "overlap")),
     ("comfy.model_management", "get_free_memory", ("dev",)),
+    ("comfy.model_management", "supports_fp8_compute", ("device",)),  # precision.fp8_matmuls
+    ("comfy.model_management", "unet_manual_cast", ("weight_dtype", "inference_device", "supported_dtypes")),
     ("comfy.model_base", "SDXL.__init__", ("model_config", "model_type", "device")),
     ("comfy.model_base", "SDXL.encode_adm", ()),
     ("comfy.supported_models", "SD20.model_type", ("state_dict", "prefix")),

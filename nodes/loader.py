@@ -174,7 +174,11 @@ class ADDTurboLoader(io.ComfyNode):
                                        "fastest for this machine: bf16 on a CPU with AMX units (about 2x faster, "
                                        "slightly different images), fp32 on other CPUs (bf16 computes slower there), "
                                        "the host's choice on GPU. bf16 on CPU computes the UNet, VAE and text "
-                                       "encoder in bf16. fp16 picks the snapshot's fp16 variant."),
+                                       "encoder in bf16. fp16 picks the snapshot's fp16 variant. fp8_e4m3fn: "
+                                       "UNet weights in fp8 (a quarter of fp32's memory, slightly different "
+                                       "images); on NVIDIA GPUs with fp8 units (Ada, Hopper and later) its linear "
+                                       "layers run as fp8 matmuls, elsewhere each layer is cast up on every step "
+                                       "(slower than fp32 on CPU: a memory saver there)."),
                 io.Combo.Input("decoder", options=list(DECODERS), default="full", optional=True,
                                tooltip="full: the checkpoint's VAE. taesd: the tiny TAESD/TAESDXL autoencoder from "
                                        "models/vae_approx, much cheaper to decode with a small loss of detail."),

@@ -4,7 +4,9 @@ import comfy.model_management as mm
 import comfy.utils
 import torch
 
-WEIGHT_DTYPES = {"auto": None, "fast": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+FP8 = "fp8_e4m3fn"
+WEIGHT_DTYPES = {"auto": None, "fast": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
+                 FP8: torch.float8_e4m3fn}
 
 
 def cpu_has_amx() -> bool:
@@ -15,9 +17,24 @@ def cpu_has_amx() -> bool:
     return bool(probe and probe())
 
 
+def fp8_matmuls(load_device) -> bool:
+    """The host runs fp8 weights' linear layers as fp8 matmuls here (NVIDIA, compute capability 8.9+)."""
+    return mm.supports_fp8_compute(load_device)
+
+
+def _fp8_note(load_device) -> str:
+    if fp8_matmuls(load_device):
+        return f"{FP8}: UNet weights in fp8, linear layers as fp8 matmuls (the host's fp8 ops)"
+    compute = "fp32" if load_device.type == "cpu" else "fp16/bf16"
+    return (f"{FP8}: UNet weights stored in fp8 (a quarter of fp32's memory), computed in {compute}: this "
+            "device has no fp8 matmuls, so each layer's weights are cast on every step")
+
+
 def resolve(weight_dtype: str, load_device) -> tuple[str, str]:
     """("fast" resolved to a concrete choice, a note for the loader or ""): fast is bf16 on a CPU with
     AMX, fp32 on other CPUs, the host's choice (auto) on a GPU."""
+    if weight_dtype == FP8:
+        return weight_dtype, _fp8_note(load_device)
     if load_device.type != "cpu":
         return ("auto", "") if weight_dtype == "fast" else (weight_dtype, "")
     amx = cpu_has_amx()
@@ -30,8 +47,15 @@ def resolve(weight_dtype: str, load_device) -> tuple[str, str]:
 
 
 def unet_dtypes(weight_dtype: str, load_device, sd, prefix, model_config):
-    """(storage dtype, manual-cast dtype or None). On CPU a chosen dtype is also the compute dtype."""
+    """(storage dtype, manual-cast dtype or None). On CPU a chosen dtype is also the compute dtype, but
+    fp8, which is cast to fp32 there. fp8 also asks the host for its fp8 matmuls (the host's
+    UNETLoader option fp8_e4m3fn_fast), which it uses where the device has them."""
     supported = model_config.supported_inference_dtypes
+    if weight_dtype == FP8:
+        model_config.optimizations["fp8"] = True
+        cast = torch.float32 if load_device.type == "cpu" else mm.unet_manual_cast(WEIGHT_DTYPES[FP8], load_device,
+                                                                                   supported)
+        return WEIGHT_DTYPES[FP8], cast
     if weight_dtype == "auto":
         if load_device.type == "cpu":
             return torch.float32, None  # exact and, without native bf16 units, not slower

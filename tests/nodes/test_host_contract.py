@@ -75,6 +75,8 @@ def test_the_host_still_reads_what_the_pack_sets(host_api):
     assert "optimized_attention_override" in inspect.getsource(attention)  # sdpa_attention's key
     assert "self.optimized_attention(" in inspect.getsource(vae_model.AttnBlock)  # use_sdpa_in_vae
     assert "self.embedder(" in inspect.getsource(model_base.SDXL.encode_adm)  # TurboSDXLModel's size embedder
+    # precision.unet_dtypes: fp8_e4m3fn asks for the host's fp8 matmuls
+    assert 'model_config.optimizations.get("fp8"' in inspect.getsource(model_base.BaseModel.__init__)
 
 
 def test_the_prompt_queue_keeps_what_queue_batch_reads(host_api):

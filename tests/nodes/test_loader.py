@@ -1,5 +1,6 @@
 """ADDTurboLoader: every form of the same weights gives the same outputs; precision and decoder options."""
 
+import math
 import shutil
 import sys
 
@@ -8,6 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from devkit import graphs as g
+from tests.support.tolerances import assert_fp32_close
 
 SIZE, PROMPT = 64, "an old stone bridge"
 
@@ -113,6 +115,39 @@ def test_fast_on_a_gpu_is_the_hosts_choice():
     precision = next(m for key, m in sys.modules.items() if key.endswith("nodes.precision") and hasattr(m, "resolve"))
     gpu = torch.device("cuda")
     assert precision.resolve("fast", gpu) == ("auto", "") and precision.resolve("bf16", gpu) == ("bf16", "")
+
+
+@pytest.mark.parametrize("family", ["sd_turbo", "sdxl_turbo"])
+def test_fp8_stores_the_unet_in_fp8_and_computes_on_the_rounded_weights(tiny_models, family):
+    """fp8_e4m3fn: every UNet tensor stored in fp8; on CPU (no fp8 matmuls) each layer is cast to fp32,
+    so the image is the fp32 model's over weights rounded to fp8, up to fp32 rounding."""
+    name = tiny_models[family].single_file.name
+    model, clip, vae, note = g.load_with_message(name, weight_dtype="fp8_e4m3fn")
+    unet = model.model.diffusion_model
+    assert {p.dtype for p in unet.parameters()} == {torch.float8_e4m3fn}
+    assert model.model.manual_cast_dtype == torch.float32
+    assert model.model.model_config.optimizations["fp8"]  # the host's fp8 matmuls, where the device has them
+    assert note == ("fp8_e4m3fn: UNet weights stored in fp8 (a quarter of fp32's memory), computed in fp32: this "
+                    "device has no fp8 matmuls, so each layer's weights are cast on every step")
+    fp8_image = _image(model, clip, vae)
+    engine_model = _load(name, weight_dtype="fp8_e4m3fn", engine="on")[0]
+    latents = [g.turbo_sample(m, g.encode(clip, PROMPT), g.empty_latent(SIZE), seed=3, steps=2)["samples"]
+               for m in (model, engine_model)]
+    assert torch.equal(*latents)  # the engine's direct path runs the same cast layers
+
+    rounded, clip32, vae32 = _load(name, weight_dtype="fp32")
+    exact = _image(rounded, clip32, vae32)
+    with torch.inference_mode():
+        for p in rounded.model.diffusion_model.parameters():
+            p.copy_(p.to(torch.float8_e4m3fn).float())
+    assert_fp32_close(fp8_image, _image(rounded, clip32, vae32))
+    fp8_bytes = sum(p.numel() * p.element_size() for p in unet.parameters())
+    fp32_bytes = sum(p.numel() * p.element_size() for p in rounded.model.diffusion_model.parameters())
+    assert fp8_bytes * 4 == fp32_bytes
+    mse = (fp8_image - exact).pow(2).mean().item()
+    psnr = 10 * math.log10(1 / mse) if mse else math.inf
+    print(f"\nFP8 {family}: UNet {fp8_bytes / 2**20:.2f} MiB vs {fp32_bytes / 2**20:.2f} MiB fp32; image vs fp32 "
+          f"max|diff| {(fp8_image - exact).abs().max().item():.3f}, PSNR {psnr:.1f} dB (random tiny weights)")
 
 
 @pytest.mark.parametrize("family,taesd", [("sd_turbo", "taesd"), ("sdxl_turbo", "taesdxl")])
