@@ -218,6 +218,59 @@ class StepGraph:
         return self.out.clone()
 
 
+class GraphedCall:
+    """fn(x) replayed from a CUDA graph recorded once per input (shape, dtype), over a static input
+    buffer; each call returns a copy of the graph's output. Used for TAESD's decode (the VAE's
+    decode_graph, installed by host_api only where nothing stands in the way of a graph).
+
+    fn runs directly instead when it gets keyword arguments, when `module`'s weights are not all on
+    x's device, and for good once a recording has failed. Graphs are dropped when the weights move.
+    """
+
+    def __init__(self, fn, module: torch.nn.Module, name: str):
+        self.fn, self.module, self.name = fn, module, name
+        self.graphs: collections.OrderedDict = collections.OrderedDict()  # (shape, dtype) -> (input, graph, out)
+        self.weights = None
+        self.failure = None
+        self.runs = collections.Counter()  # "recorded", "replayed", "direct"
+        self.obstacles_logged = set()  # reasons the caller found not to use the graph, logged once each
+
+    def __call__(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        tensors = list(itertools.chain(self.module.parameters(), self.module.buffers()))
+        if kwargs or self.failure or any(t.device != x.device for t in tensors):
+            self.runs["direct"] += 1
+            return self.fn(x, **kwargs)
+        weights = tuple(t.data_ptr() for t in tensors)
+        if weights != self.weights:
+            self.graphs.clear()
+            self.weights = weights
+        key = (tuple(x.shape), x.dtype)
+        entry = self.graphs.get(key)
+        if entry is None:
+            static = x.clone()
+            began = time.perf_counter()
+            try:
+                graph, out = record(lambda: self.fn(static), x.device)
+            except RuntimeError as error:  # something in this host's module cannot be recorded
+                self.graphs.clear()
+                self.failure = f"recording a CUDA graph failed: {str(error)[:200]}"
+                log.warning("ADD Turbo engine: %s: %s; running it directly from now on", self.name, self.failure)
+                self.runs["direct"] += 1
+                return self.fn(x)
+            entry = self.graphs[key] = (static, graph, out)
+            while len(self.graphs) > GRAPHS_PER_MODEL:
+                self.graphs.popitem(last=False)
+            self.runs["recorded"] += 1
+            log.info("ADD Turbo engine: recorded %s at %s as a CUDA graph in %.2f s", self.name,
+                     "x".join(map(str, key[0])), time.perf_counter() - began)
+        self.graphs.move_to_end(key)
+        static, graph, out = entry
+        static.copy_(x)
+        graph.replay()
+        self.runs["replayed"] += 1
+        return out.clone()
+
+
 def _weights_fingerprint(module: torch.nn.Module) -> tuple:
     """Where the weights live: a recorded graph reads them by address, so a move or reload voids it."""
     return tuple(t.data_ptr() for t in itertools.chain(module.parameters(), module.buffers()))
@@ -326,20 +379,28 @@ def status(patcher) -> str:
     return f"engine: {state_of(patcher).last}"
 
 
-def warm_up(patcher, clip) -> str:
+def warm_up(patcher, clip, vae=None) -> str:
     """One run at ADD Turbo Sample's defaults (1 step, euler_ancestral), batch 1: on a CUDA GPU it
-    records the 512x512 graph now, elsewhere a 64x64 run checks the path. Returns the loader's message."""
+    records the 512x512 graph now (and the TAESD decode's, where `vae` records one), elsewhere a 64x64
+    run checks the path. Returns the loader's message."""
     from .sampling import sample_latent
 
-    size = CUDA_WARM_UP_SIZE if patcher.load_device.type == "cuda" else SMALL_WARM_UP_SIZE
+    cuda = patcher.load_device.type == "cuda"
+    size = CUDA_WARM_UP_SIZE if cuda else SMALL_WARM_UP_SIZE
     positive = clip.encode_from_tokens_scheduled(clip.tokenize(""))
     latent = torch.zeros([1, patcher.model.latent_format.latent_channels, size // 8, size // 8])
     began = time.perf_counter()
-    sample_latent(patcher, positive, latent, 0, 1, 1.0, "trailing", "euler_ancestral", 1.0)
+    samples = sample_latent(patcher, positive, latent, 0, 1, 1.0, "trailing", "euler_ancestral", 1.0)
+    if cuda and getattr(vae, "decode_graph", None) is not None:
+        vae.decode(samples)
     state = state_of(patcher)
     route = status(patcher)
     if state.packing:  # at 64x64 few layers pack exactly; each size's first run checks its own
         route = route.replace(state.packing, ", conv layers packed for oneDNN at each size's first run")
     message = f"{route}, {size}x{size} warm-up {time.perf_counter() - began:.1f} s"
+    decode_graph = getattr(vae, "decode_graph", None)
+    if cuda and decode_graph is not None:
+        message += ("; TAESD decode: CUDA graph per latent size" if decode_graph.runs["recorded"] else
+                    f"; TAESD decode: the host's ({decode_graph.failure or 'the log says why'})")
     log.info("ADD Turbo: %s", message)
     return message

@@ -127,13 +127,15 @@ class TurboVAE(comfy.sd.VAE):
     """
 
     fused_blocks = None  # TAESD Block -> add_turbo.fused_blocks.FusedResidualBlock, when fusing is on
+    decode_graph = None  # engine.GraphedCall over TAESD's decode, when the engine records it (graph_taesd_decode)
 
     def decode(self, samples_in, *args, **kwargs):
         """[B, C, h, w] latent -> [B, 8h, 8w, 3] image, as the host's decode."""
-        if self.device.type != "cpu":
-            return super().decode(samples_in, *args, **kwargs)
-        with _fused_taesd_blocks(self):
-            return self._decode_on_cpu(samples_in, *args, **kwargs)
+        with _graphed_taesd_decode(self):
+            if self.device.type != "cpu":
+                return super().decode(samples_in, *args, **kwargs)
+            with _fused_taesd_blocks(self):
+                return self._decode_on_cpu(samples_in, *args, **kwargs)
 
     def encode(self, pixel_samples, *args, **kwargs):
         """[B, H, W, 3] image -> latent, as the host's encode."""
@@ -609,6 +611,60 @@ def _fused_taesd_blocks(vae):
     blocks = _taesd_blocks(vae) if store is not None else []
     return _instance_forwards(blocks, {} if store is None else store, fused_blocks.FusedResidualBlock,
                               _FusedBlockForward)
+
+
+# --- TAESD's decode as a CUDA graph with the engine on (engine.GraphedCall) ----------------------------
+
+HOST_SYMBOLS += [
+    ("comfy.taesd.taesd", "TAESD.decode", ("x",)),
+]
+
+
+def graph_taesd_decode(vae, graphed_call) -> bool:
+    """From now on, TAESD's decode inside `vae.decode` runs through graphed_call(fn, module, name) (an
+    engine.GraphedCall) wherever taesd_graph_obstacle finds nothing in the way. False: not TAESD."""
+    from comfy.taesd import taesd
+
+    model = getattr(vae, "first_stage_model", None)
+    if not isinstance(vae, TurboVAE) or type(model) is not taesd.TAESD:
+        return False
+    vae.decode_graph = graphed_call(type(model).decode.__get__(model), model, "the TAESD decode")
+    return True
+
+
+def taesd_graph_obstacle(vae) -> str | None:
+    """Why `vae`'s TAESD decode is not replayed from a CUDA graph now (it runs as the host's), or None."""
+    model = vae.first_stage_model
+    if "decode" in model.__dict__:
+        return "another extension replaced the TAESD decode"
+    if _is_set(getattr(vae.patcher, "patches", None)) or _is_set(getattr(vae.patcher, "object_patches", None)):
+        return "the VAE carries patches"
+    if any(getattr(m, name, False) for m in model.modules() for name in CONV_CAST_ATTRIBUTES):
+        return "the VAE's layers cast or patch their weights on each call"
+    if vae.device.type != "cuda":
+        return f"no CUDA graphs on {vae.device.type}"
+    return None
+
+
+@contextlib.contextmanager
+def _graphed_taesd_decode(vae):
+    """Within: TAESD's decode replays its CUDA graph, where `graph_taesd_decode` was called and nothing
+    is in the way (else the host's decode, with the reason logged once per VAE and reason)."""
+    graph = vae.decode_graph
+    obstacle = None if graph is None else taesd_graph_obstacle(vae)
+    if graph is None or obstacle is not None:
+        if obstacle is not None and vae.device.type == "cuda" and obstacle not in graph.obstacles_logged:
+            graph.obstacles_logged.add(obstacle)
+            log.info("ADD Turbo engine: %s: the TAESD decode runs without a CUDA graph", obstacle)
+        yield
+        return
+    model = vae.first_stage_model
+    model.decode = graph
+    try:
+        yield
+    finally:
+        if model.__dict__.get("decode") is graph:
+            del model.decode
 
 
 # --- The host's prompt queue (ADD Turbo Sample's queue_batch): read only, under its lock ----------

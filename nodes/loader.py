@@ -17,7 +17,7 @@ from ..add_turbo import checkpoints, diffusers_folders
 from ..add_turbo.checkpoints import CheckpointError
 from . import compile_cache, compiling, host_api, precision, weights
 from .convert import folder_state_dict
-from .engine import ENGINE_MODES, set_engine
+from .engine import ENGINE_MODES, GraphedCall, set_engine
 from .engine import status as engine_status
 from .engine import warm_up as engine_warm_up
 
@@ -140,6 +140,7 @@ def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full", att
     set_engine(patcher, engine)
     if engine == "on":
         host_api.fuse_taesd_blocks(vae)
+        host_api.graph_taesd_decode(vae, GraphedCall)
     options = (weight_dtype, decoder, attention, channels_last, compile_mode, engine)
     host_api.register_reload(reload_patchers, (path, *options), patcher, clip, vae)
     log.info("ADD Turbo: loaded %s as %s (UNet %s, decoder %s)", path, info.family_name, unet_dtype, decoder)
@@ -203,7 +204,8 @@ class ADDTurboLoader(io.ComfyNode):
                                tooltip="on: sample without the host's per-step machinery (conditioning copies, "
                                        "memory checks, guider), same result. On a CUDA GPU the steps are recorded "
                                        "as one CUDA graph per batch, size and steps (static buffers, replayed; "
-                                       "the 512x512 one during a warm-up at load); on CPU the same direct path "
+                                       "the 512x512 one during a warm-up at load), and TAESD's decode as one "
+                                       "per latent size; on CPU the same direct path "
                                        "runs without recording, its conv layers over weights packed once for "
                                        "oneDNN where that gives the same bits (faster, more memory: the node "
                                        "says how much), and TAESD's blocks with their ReLUs and skip adds fused "
@@ -242,7 +244,7 @@ class ADDTurboLoader(io.ComfyNode):
                 model, clip, vae, _ = load_turbo(path, *options)
             messages.append(compiling.warm_up(model, clip, vae, compile, cache))
         if engine == "on":  # after a compile warm-up (which sampled through the engine) its status says enough
-            messages.append(engine_status(model) if compile != "off" else engine_warm_up(model, clip))
+            messages.append(engine_status(model) if compile != "off" else engine_warm_up(model, clip, vae))
             if vae.fused_blocks is not None and mm.get_torch_device().type == "cpu":
                 messages.append("TAESD blocks run as fused oneDNN convolutions (ReLU and skip add inside)")
         return io.NodeOutput(model, clip, vae, ui={"text": ["; ".join(messages)]})

@@ -602,3 +602,56 @@ def test_a_recording_that_fails_leaves_the_direct_path_for_good(tiny_models, loa
     assert_fp32_close(_sample(engine_model, positive), _sample(loaded["sd_turbo"]["off"][0], positive))
     state = engine.state_of(engine_model)
     assert len(attempts) == 1 and state.runs["direct"] == 2 and not state.graphs  # the warm-up and this run
+
+
+@pytest.fixture
+def host_api(comfy_host):
+    return next(m for key, m in sys.modules.items() if key.endswith("nodes.host_api") and hasattr(m, "HOST_SYMBOLS"))
+
+
+def test_taesd_decode_replays_a_graph_per_latent_size_with_the_hosts_bits(tiny_models, engine, host_api,
+                                                                           eager_graphs, monkeypatch):
+    """With the engine on, TAESD's decode is one recorded graph per latent size; its input buffer takes each
+    decode's latent, and a move of the weights, a failed recording or another extension's decode are
+    respected. (On CPU no graph is used: the obstacle is lifted here, the recording eager.)"""
+    name = tiny_models["sd_turbo"].single_file.name
+    plain_vae = g.load(name, decoder="taesd")[2]
+    vae = g.load(name, decoder="taesd", engine="on")[2]
+    graph = vae.decode_graph
+    assert isinstance(graph, engine.GraphedCall) and plain_vae.decode_graph is None
+    obstacle = host_api.taesd_graph_obstacle
+    assert obstacle(vae) == "no CUDA graphs on cpu"
+    shapes = [(1, 4, 8, 8)] * 3 + [(2, 4, 8, 12)]
+    latents = [{"samples": torch.randn(shape, generator=torch.Generator().manual_seed(i)) * 3}
+               for i, shape in enumerate(shapes)]
+    g.decode(vae, latents[0])
+    assert sum(graph.runs.values()) == 0  # on CPU the host's decode ran, no graph
+
+    monkeypatch.setattr(host_api, "taesd_graph_obstacle", lambda vae: None)
+    for latent in latents:
+        assert torch.equal(g.decode(vae, latent), g.decode(plain_vae, latent))
+    assert graph.runs == {"recorded": 2, "replayed": 4}  # two sizes; each decode replays
+    assert "decode" not in vae.first_stage_model.__dict__  # installed only during a decode
+
+    weight = next(vae.first_stage_model.parameters())
+    weight.data = weight.data.clone()  # the weights moved: graphs read them by address
+    assert torch.equal(g.decode(vae, latents[1]), g.decode(plain_vae, latents[1]))
+    assert graph.runs["recorded"] == 3 and len(graph.graphs) == 1
+
+    def foreign_decode(x):
+        raise AssertionError("an extension's own decode")
+
+    vae.first_stage_model.decode = foreign_decode
+    assert obstacle(vae) == "another extension replaced the TAESD decode"
+    del vae.first_stage_model.decode
+    patched = g.load(name, decoder="taesd", engine="on")[2]
+    patched.patcher.add_object_patch("vae_scale", torch.nn.Parameter(torch.ones(())))
+    assert obstacle(patched) == "the VAE carries patches"
+
+    monkeypatch.setattr(host_api, "taesd_graph_obstacle", lambda vae: None)
+    monkeypatch.setattr(engine, "record", lambda body, device: (_ for _ in ()).throw(RuntimeError("not capturable")))
+    fresh = g.load(name, decoder="taesd", engine="on")[2]
+    assert torch.equal(g.decode(fresh, latents[3]), g.decode(plain_vae, latents[3]))
+    assert fresh.decode_graph.failure == "recording a CUDA graph failed: not capturable"
+    g.decode(fresh, latents[3])
+    assert fresh.decode_graph.runs == {"direct": 2}  # not tried again
