@@ -219,56 +219,88 @@ class StepGraph:
 
 
 class GraphedCall:
-    """fn(x) replayed from a CUDA graph recorded once per input (shape, dtype), over a static input
-    buffer; each call returns a copy of the graph's output. Used for TAESD's decode (the VAE's
-    decode_graph, installed by host_api only where nothing stands in the way of a graph).
+    """fn(*tensors, **options) replayed from a CUDA graph recorded once per input (shapes, dtypes,
+    options) over static input buffers; each call returns copies of the graph's outputs. Tensor
+    keyword arguments are inputs too; other keyword arguments (ints, None, strings) are part of the key.
+    Used for TAESD's decode and the text encoders' layer stacks (host_api installs it only where
+    nothing stands in the way of a graph).
 
-    fn runs directly instead when it gets keyword arguments, when `module`'s weights are not all on
-    x's device, and for good once a recording has failed. Graphs are dropped when the weights move.
+    fn runs directly instead when an argument is neither a tensor nor hashable, when `module`'s
+    weights are not all on the inputs' device, and for good once a recording has failed. Graphs are
+    dropped when the weights move.
     """
 
     def __init__(self, fn, module: torch.nn.Module, name: str):
         self.fn, self.module, self.name = fn, module, name
-        self.graphs: collections.OrderedDict = collections.OrderedDict()  # (shape, dtype) -> (input, graph, out)
+        self.graphs: collections.OrderedDict = collections.OrderedDict()  # key -> (inputs, graph, outputs)
         self.weights = None
         self.failure = None
         self.runs = collections.Counter()  # "recorded", "replayed", "direct"
         self.obstacles_logged = set()  # reasons the caller found not to use the graph, logged once each
 
-    def __call__(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+    def _key(self, args, kwargs):
+        names = tuple(k for k, v in kwargs.items() if torch.is_tensor(v))
+        options = tuple(sorted((k, v) for k, v in kwargs.items() if not torch.is_tensor(v)))
+        inputs = [*args, *(kwargs[k] for k in names)]
+        if not inputs or not all(torch.is_tensor(t) for t in inputs):
+            return None, inputs
+        try:
+            hash(options)
+        except TypeError:
+            return None, inputs
+        return (tuple((tuple(t.shape), t.dtype, t.device) for t in inputs), len(args), names, options), inputs
+
+    def __call__(self, *args, **kwargs):
+        key, inputs = self._key(args, kwargs)
         tensors = list(itertools.chain(self.module.parameters(), self.module.buffers()))
-        if kwargs or self.failure or any(t.device != x.device for t in tensors):
+        if key is None or self.failure or any(t.device != inputs[0].device for t in tensors):
             self.runs["direct"] += 1
-            return self.fn(x, **kwargs)
+            return self.fn(*args, **kwargs)
         weights = tuple(t.data_ptr() for t in tensors)
         if weights != self.weights:
             self.graphs.clear()
             self.weights = weights
-        key = (tuple(x.shape), x.dtype)
         entry = self.graphs.get(key)
         if entry is None:
-            static = x.clone()
+            _, positional, names, options = key
+            static = [t.clone() for t in inputs]
+
+            def body():
+                return self.fn(*static[:positional], **dict(zip(names, static[positional:], strict=True)),
+                               **dict(options))
+
             began = time.perf_counter()
             try:
-                graph, out = record(lambda: self.fn(static), x.device)
+                graph, out = record(body, inputs[0].device)
             except RuntimeError as error:  # something in this host's module cannot be recorded
                 self.graphs.clear()
                 self.failure = f"recording a CUDA graph failed: {str(error)[:200]}"
                 log.warning("ADD Turbo engine: %s: %s; running it directly from now on", self.name, self.failure)
                 self.runs["direct"] += 1
-                return self.fn(x)
+                return self.fn(*args, **kwargs)
             entry = self.graphs[key] = (static, graph, out)
             while len(self.graphs) > GRAPHS_PER_MODEL:
                 self.graphs.popitem(last=False)
             self.runs["recorded"] += 1
-            log.info("ADD Turbo engine: recorded %s at %s as a CUDA graph in %.2f s", self.name,
-                     "x".join(map(str, key[0])), time.perf_counter() - began)
+            log.info("ADD Turbo engine: recorded %s for %s as a CUDA graph in %.2f s", self.name,
+                     ", ".join("x".join(map(str, shape)) for shape, _, _ in key[0]), time.perf_counter() - began)
         self.graphs.move_to_end(key)
         static, graph, out = entry
-        static.copy_(x)
+        for buffer, value in zip(static, inputs, strict=True):
+            buffer.copy_(value)
         graph.replay()
         self.runs["replayed"] += 1
+        return _copied(out)
+
+
+def _copied(out):
+    """Copies of the tensors in `out` (a tensor, or tuples and lists of tensors and None): the next
+    replay overwrites the graph's own."""
+    if torch.is_tensor(out):
         return out.clone()
+    if isinstance(out, (tuple, list)):
+        return type(out)(_copied(item) for item in out)
+    return out
 
 
 def _weights_fingerprint(module: torch.nn.Module) -> tuple:
@@ -398,9 +430,18 @@ def warm_up(patcher, clip, vae=None) -> str:
     if state.packing:  # at 64x64 few layers pack exactly; each size's first run checks its own
         route = route.replace(state.packing, ", conv layers packed for oneDNN at each size's first run")
     message = f"{route}, {size}x{size} warm-up {time.perf_counter() - began:.1f} s"
-    decode_graph = getattr(vae, "decode_graph", None)
-    if cuda and decode_graph is not None:
-        message += ("; TAESD decode: CUDA graph per latent size" if decode_graph.runs["recorded"] else
-                    f"; TAESD decode: the host's ({decode_graph.failure or 'the log says why'})")
+    if cuda:
+        message += _graph_note("text encoders", list((getattr(clip, "encoder_graphs", None) or {}).values()))
+        message += _graph_note("TAESD decode", [vae.decode_graph] if getattr(vae, "decode_graph", None) else [])
     log.info("ADD Turbo: %s", message)
     return message
+
+
+def _graph_note(label: str, graphs: list) -> str:
+    """How the warm-up ran these GraphedCalls, for the loader's message ("" when there are none)."""
+    if not graphs:
+        return ""
+    if all(graph.runs["recorded"] for graph in graphs):
+        return f"; {label}: CUDA graphs per input size"
+    failure = next((graph.failure for graph in graphs if graph.failure), "the log says why")
+    return f"; {label}: the host's ({failure})"

@@ -220,12 +220,16 @@ class CachedTextCLIP(comfy.sd.CLIP):
         base = super().clone(*args, **kwargs)  # newer hosts: clone(disable_dynamic=...)
         n = CachedTextCLIP(no_init=True)
         n.__dict__.update(base.__dict__)
-        n.prompt_cache = self.prompt_cache
+        n.prompt_cache, n.encoder_graphs = self.prompt_cache, self.encoder_graphs
         return n
+
+    encoder_graphs = None  # CLIPEncoder -> engine.GraphedCall, when the engine records them (graph_text_encoders)
 
     def encode_from_tokens(self, tokens, return_pooled=False, return_dict=False, *args, **kwargs):
         def encode():
-            return super(CachedTextCLIP, self).encode_from_tokens(tokens, return_pooled, return_dict, *args, **kwargs)
+            with _graphed_text_encoders(self):
+                return super(CachedTextCLIP, self).encode_from_tokens(tokens, return_pooled, return_dict, *args,
+                                                                      **kwargs)
 
         if args or kwargs or self.apply_hooks_to_conds or self.patcher.hook_patches:
             return encode()  # arguments this cache does not know, or hooks: never cached
@@ -665,6 +669,56 @@ def _graphed_taesd_decode(vae):
     finally:
         if model.__dict__.get("decode") is graph:
             del model.decode
+
+
+# --- The text encoders' layer stacks as CUDA graphs with the engine on (engine.GraphedCall) --------------
+
+def graph_text_encoders(clip, graphed_call) -> int:
+    """From now on, each text encoder's layer stack (CLIPEncoder: [B, 77, width] and its attention mask
+    in, the last and the chosen intermediate layer's output out) runs through graphed_call(fn, module,
+    name) wherever text_graph_obstacle finds nothing in the way. Returns how many stacks."""
+    from comfy.clip_model import CLIPEncoder
+
+    if not isinstance(clip, CachedTextCLIP):
+        return 0
+    encoders = [m for m in clip.cond_stage_model.modules() if isinstance(m, CLIPEncoder)]
+    clip.encoder_graphs = {m: graphed_call(type(m).forward.__get__(m), m, "a text encoder") for m in encoders}
+    return len(encoders)
+
+
+def text_graph_obstacle(clip) -> str | None:
+    """Why the text encoders do not replay CUDA graphs for this encode (they run as the host's), or None."""
+    if clip.apply_hooks_to_conds or _is_set(getattr(clip.patcher, "hook_patches", None)):
+        return "the text encoder has hooks"
+    if any(getattr(m, name, None) for m in clip.cond_stage_model.modules()
+           for name in ("weight_function", "bias_function")):
+        return "the text encoder's layers patch their weights on each call"
+    device = clip.patcher.load_device
+    if device.type != "cuda":
+        return f"no CUDA graphs on {device.type}"
+    return None
+
+
+@contextlib.contextmanager
+def _graphed_text_encoders(clip):
+    """Within: each text encoder's layer stack replays its CUDA graph, where `graph_text_encoders` was
+    called and nothing is in the way (a compiled or otherwise replaced stack is left as it is)."""
+    graphs = clip.encoder_graphs or {}
+    obstacle = text_graph_obstacle(clip) if graphs else None
+    if obstacle is not None:
+        graph = next(iter(graphs.values()))
+        if clip.patcher.load_device.type == "cuda" and obstacle not in graph.obstacles_logged:
+            graph.obstacles_logged.add(obstacle)
+            log.info("ADD Turbo engine: %s: the text encoders run without CUDA graphs", obstacle)
+    installed = [] if obstacle is not None else [m for m in graphs if "forward" not in m.__dict__]
+    for module in installed:
+        module.forward = graphs[module]
+    try:
+        yield
+    finally:
+        for module in installed:
+            if module.__dict__.get("forward") is graphs[module]:
+                del module.forward
 
 
 # --- The host's prompt queue (ADD Turbo Sample's queue_batch): read only, under its lock ----------

@@ -141,6 +141,7 @@ def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full", att
     if engine == "on":
         host_api.fuse_taesd_blocks(vae)
         host_api.graph_taesd_decode(vae, GraphedCall)
+        host_api.graph_text_encoders(clip, GraphedCall)
     options = (weight_dtype, decoder, attention, channels_last, compile_mode, engine)
     host_api.register_reload(reload_patchers, (path, *options), patcher, clip, vae)
     log.info("ADD Turbo: loaded %s as %s (UNet %s, decoder %s)", path, info.family_name, unet_dtype, decoder)
@@ -204,8 +205,8 @@ class ADDTurboLoader(io.ComfyNode):
                                tooltip="on: sample without the host's per-step machinery (conditioning copies, "
                                        "memory checks, guider), same result. On a CUDA GPU the steps are recorded "
                                        "as one CUDA graph per batch, size and steps (static buffers, replayed; "
-                                       "the 512x512 one during a warm-up at load), and TAESD's decode as one "
-                                       "per latent size; on CPU the same direct path "
+                                       "the 512x512 one during a warm-up at load), and the text encoders' "
+                                       "layers and TAESD's decode as one per input size; on CPU the same direct path "
                                        "runs without recording, its conv layers over weights packed once for "
                                        "oneDNN where that gives the same bits (faster, more memory: the node "
                                        "says how much), and TAESD's blocks with their ReLUs and skip adds fused "

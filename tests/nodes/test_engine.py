@@ -492,7 +492,10 @@ class EagerGraph:
 
     def replay(self):
         self.replays += 1
-        self.out.copy_(self.body())
+        fresh = self.body()
+        for buffer, value in zip(*(o if isinstance(o, (tuple, list)) else (o,) for o in (self.out, fresh)), strict=True):
+            if buffer is not None:
+                buffer.copy_(value)
 
 
 @pytest.fixture
@@ -655,3 +658,57 @@ def test_taesd_decode_replays_a_graph_per_latent_size_with_the_hosts_bits(tiny_m
     assert fresh.decode_graph.failure == "recording a CUDA graph failed: not capturable"
     g.decode(fresh, latents[3])
     assert fresh.decode_graph.runs == {"direct": 2}  # not tried again
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_text_encoders_replay_a_graph_per_shape_with_the_hosts_bits(tiny_models, engine, host_api, eager_graphs,
+                                                                    monkeypatch, family):
+    """With the engine on, each text encoder's layer stack is a recorded graph whose buffers take each new
+    prompt; the prompt cache still answers repeated prompts without any encoder run. (On CPU no graph is
+    used: the obstacle is lifted here, the recording eager.)"""
+    name = tiny_models[family].single_file.name
+    plain_clip = g.load(name)[1]
+    clip = g.load(name, engine="on")[1]
+    graphs = clip.encoder_graphs
+    assert len(graphs) == (2 if family == "sdxl_turbo" else 1) and plain_clip.encoder_graphs is None
+    assert host_api.text_graph_obstacle(clip) == "no CUDA graphs on cpu"
+    g.encode(clip, "warm")
+    assert all(sum(graph.runs.values()) == 0 for graph in graphs.values())  # on CPU: the host's encoders
+
+    monkeypatch.setattr(host_api, "text_graph_obstacle", lambda clip: None)
+    prompts = ["a red fox", "a lighthouse at dusk, oil painting", "a red fox"]
+    for prompt in prompts:
+        got, want = g.encode(clip, prompt), g.encode(plain_clip, prompt)
+        assert torch.equal(got[0][0], want[0][0])
+        assert got[0][1].keys() == want[0][1].keys()
+        assert all(torch.equal(got[0][1][k], want[0][1][k]) for k in want[0][1] if torch.is_tensor(want[0][1][k]))
+    for graph in graphs.values():
+        assert graph.runs == {"recorded": 1, "replayed": 2}  # one shape; the third prompt came from the cache
+    assert all("forward" not in m.__dict__ for m in graphs)  # installed only during an encode
+
+    (skipped,) = g.run(g.builtin("CLIPSetLastLayer"), clip=clip, stop_at_clip_layer=-3)
+    got = g.encode(skipped, "a red fox")  # another intermediate layer: another graph
+    (plain_skipped,) = g.run(g.builtin("CLIPSetLastLayer"), clip=plain_clip, stop_at_clip_layer=-3)
+    assert torch.equal(got[0][0], g.encode(plain_skipped, "a red fox")[0][0])
+    assert sum(graph.runs["recorded"] for graph in graphs.values()) > len(graphs)
+
+
+def test_text_graph_obstacles_are_named(tiny_models, host_api):
+    clip = g.load(tiny_models["sd_turbo"].single_file.name, engine="on")[1]
+    layer = next(m for m in clip.cond_stage_model.modules() if hasattr(m, "weight_function"))
+    layer.weight_function = [lambda w: w]
+    assert host_api.text_graph_obstacle(clip) == "the text encoder's layers patch their weights on each call"
+    layer.weight_function = []
+    clip.apply_hooks_to_conds = object()
+    assert host_api.text_graph_obstacle(clip) == "the text encoder has hooks"
+
+
+def test_the_cuda_warm_up_note_says_how_the_graphs_went(engine):
+    module = torch.nn.Linear(2, 2)
+    recorded, failed = engine.GraphedCall(module, module, "a"), engine.GraphedCall(module, module, "b")
+    recorded.runs["recorded"] = 1
+    failed.failure = "recording a CUDA graph failed: not capturable"
+    assert engine._graph_note("text encoders", []) == ""
+    assert engine._graph_note("text encoders", [recorded]) == "; text encoders: CUDA graphs per input size"
+    assert engine._graph_note("TAESD decode", [recorded, failed]) == \
+        "; TAESD decode: the host's (recording a CUDA graph failed: not capturable)"

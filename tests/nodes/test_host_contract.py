@@ -75,6 +75,11 @@ def test_the_host_still_reads_what_the_pack_sets(host_api):
     assert "optimized_attention_override" in inspect.getsource(attention)  # sdpa_attention's key
     assert "self.optimized_attention(" in inspect.getsource(vae_model.AttnBlock)  # use_sdpa_in_vae
     assert "self.embedder(" in inspect.getsource(model_base.SDXL.encode_adm)  # TurboSDXLModel's size embedder
+    # graph_text_encoders: the layer stack is called as a module with these arguments
+    from comfy.clip_model import CLIPTextModel_
+
+    assert "self.encoder(x, mask=mask, intermediate_output=intermediate_output)" in inspect.getsource(
+        CLIPTextModel_.forward)
     # precision.unet_dtypes: fp8_e4m3fn asks for the host's fp8 matmuls
     assert 'model_config.optimizations.get("fp8"' in inspect.getsource(model_base.BaseModel.__init__)
 
