@@ -274,7 +274,7 @@ def comfy_runner(variant: str, family: str, ckpt: str):
         stages.image = image if keep else None
         return stages
 
-    run.model = model
+    run.model, run.clip, run.vae = model, clip, vae
     return run, info
 
 
@@ -296,17 +296,26 @@ def refine_runner(variant: str, family: str, ckpt: str):
         stages.image = image if keep else None
         return stages
 
-    run.model = model
+    run.model, run.clip, run.vae = model, clip, vae
     return run, info
 
 
 def engine_note(run) -> str | None:
-    """How the engine ran the variant's model (CUDA graph, direct path or fallback, and how often)."""
+    """How the engine ran the variant's model (CUDA graph, direct path or fallback, and how often), and
+    how often the text encoders' and TAESD's graphs were recorded and replayed."""
     module = next((m for k, m in sys.modules.items() if k.endswith("nodes.engine") and hasattr(m, "state_of")), None)
     model = getattr(run, "model", None)
     if module is None or model is None or not module.engine_on(model):
         return None
-    return f"{module.status(model)}; runs {dict(module.state_of(model).runs)}"
+    note = f"{module.status(model)}; runs {dict(module.state_of(model).runs)}"
+    text_graphs = list((getattr(getattr(run, "clip", None), "encoder_graphs", None) or {}).values())
+    decode_graph = getattr(getattr(run, "vae", None), "decode_graph", None)
+    for label, calls in (("text encoders", text_graphs), ("TAESD decode", [decode_graph] if decode_graph else [])):
+        if calls:
+            runs = sum((call.runs for call in calls), collections.Counter())
+            failure = next((call.failure for call in calls if call.failure), None)
+            note += f"; {label} {dict(runs) if runs else 'without graphs'}" + (f" ({failure})" if failure else "")
+    return note
 
 
 # --- diffusers ------------------------------------------------------------------------------------
