@@ -36,6 +36,7 @@ VARIANTS = {
     "pack_fast": "ADD Turbo fast: Loader (weight_dtype fast, TAESD, engine on) + Sample + VAEDecode",
     "pack_fast_bf16": "ADD Turbo bf16: Loader (bf16, TAESD) + Sample + VAEDecode",
     "pack_fast_compile": "ADD Turbo fast + compile (inductor; compile time is load time, excluded)",
+    "pack_fp8": "ADD Turbo fp8: Loader (weight_dtype fp8_e4m3fn, TAESD, engine on) + Sample + VAEDecode",
     "diffusers_fp32": "diffusers fp32 StableDiffusionPipeline (trailing, guidance 0)",
     "diffusers_bf16_tiny": "diffusers bf16 + AutoencoderTiny (TAESD)",
     "diffusers_fp32_tiny": "diffusers fp32 + AutoencoderTiny (TAESD)",
@@ -80,6 +81,8 @@ def _comfy_variant(variant, size, batch):
     options = {}
     if variant == "pack_fast_bf16":
         options = {"weight_dtype": "bf16", "decoder": "taesd"}
+    elif variant == "pack_fp8":
+        options = {"weight_dtype": "fp8_e4m3fn", "decoder": "taesd", "engine": "on"}
     elif variant.startswith("pack_fast"):
         options = {"weight_dtype": "fast", "decoder": "taesd", "engine": "on"}
     if variant == "pack_fast_compile":
@@ -272,6 +275,11 @@ def _report(results, images, variants, configs) -> str:
             a, b = torch.load(images[("pack_exact", size)]), torch.load(images[("pack_fast", size)])
             lines.append(f"\nFast path vs exact at {size}: PSNR {_psnr(a, b):.1f} dB (random weights: the TAESD "
                          "decoder here is untrained, so this says little about real images)")
+        if ("pack_fast", size) in images and ("pack_fp8", size) in images:
+            a, b = torch.load(images[("pack_fast", size)]), torch.load(images[("pack_fp8", size)])
+            lines.append(f"\nfp8 vs fast at {size} (the same TAESD decoder: the difference is the UNet's fp8 "
+                         f"weights): max |image diff| {(a - b).abs().max().item() * 255:.2f}/255, PSNR "
+                         f"{_psnr(a, b):.1f} dB (random weights)")
     return "\n".join(lines) + "\n"
 
 
