@@ -624,6 +624,12 @@ HOST_SYMBOLS += [
 ]
 
 
+def _swaps_modules(patcher) -> bool:
+    """Object patches that put another module in (engine.WeightIndex lists the modules once). Plain
+    values are fine: newer hosts patch the text encoder's manual_cast_dtype by default."""
+    return any(isinstance(v, torch.nn.Module) for v in (getattr(patcher, "object_patches", None) or {}).values())
+
+
 def graph_taesd_decode(vae, graphed_call) -> bool:
     """From now on, TAESD's decode inside `vae.decode` runs through graphed_call(fn, module, name) (an
     engine.GraphedCall) wherever taesd_graph_obstacle finds nothing in the way. False: not TAESD."""
@@ -638,15 +644,15 @@ def graph_taesd_decode(vae, graphed_call) -> bool:
 
 def taesd_graph_obstacle(vae) -> str | None:
     """Why `vae`'s TAESD decode is not replayed from a CUDA graph now (it runs as the host's), or None."""
+    if vae.device.type != "cuda":
+        return f"no CUDA graphs on {vae.device.type}"
     model = vae.first_stage_model
     if "decode" in model.__dict__:
         return "another extension replaced the TAESD decode"
-    if _is_set(getattr(vae.patcher, "patches", None)) or _is_set(getattr(vae.patcher, "object_patches", None)):
+    if _is_set(getattr(vae.patcher, "patches", None)) or _swaps_modules(vae.patcher):
         return "the VAE carries patches"
     if any(getattr(m, name, False) for m in model.modules() for name in CONV_CAST_ATTRIBUTES):
         return "the VAE's layers cast or patch their weights on each call"
-    if vae.device.type != "cuda":
-        return f"no CUDA graphs on {vae.device.type}"
     return None
 
 
@@ -688,14 +694,16 @@ def graph_text_encoders(clip, graphed_call) -> int:
 
 def text_graph_obstacle(clip) -> str | None:
     """Why the text encoders do not replay CUDA graphs for this encode (they run as the host's), or None."""
-    if clip.apply_hooks_to_conds or _is_set(getattr(clip.patcher, "hook_patches", None)):
-        return "the text encoder has hooks"
-    if any(getattr(m, name, None) for m in clip.cond_stage_model.modules()
-           for name in ("weight_function", "bias_function")):
-        return "the text encoder's layers patch their weights on each call"
     device = clip.patcher.load_device
     if device.type != "cuda":
         return f"no CUDA graphs on {device.type}"
+    if clip.apply_hooks_to_conds or _is_set(getattr(clip.patcher, "hook_patches", None)):
+        return "the text encoder has hooks"
+    if _swaps_modules(clip.patcher):
+        return "the text encoder has modules swapped in by object patches"
+    if any(getattr(m, name, None) for m in clip.cond_stage_model.modules()
+           for name in ("weight_function", "bias_function")):
+        return "the text encoder's layers patch their weights on each call"
     return None
 
 

@@ -644,12 +644,14 @@ def test_taesd_decode_replays_a_graph_per_latent_size_with_the_hosts_bits(tiny_m
     def foreign_decode(x):
         raise AssertionError("an extension's own decode")
 
+    # The reasons met on a GPU (the obstacle only reads the VAE's device attribute).
+    monkeypatch.setattr(vae, "device", torch.device("cuda"))
+    assert obstacle(vae) is None
     vae.first_stage_model.decode = foreign_decode
     assert obstacle(vae) == "another extension replaced the TAESD decode"
     del vae.first_stage_model.decode
-    patched = g.load(name, decoder="taesd", engine="on")[2]
-    patched.patcher.add_object_patch("vae_scale", torch.nn.Parameter(torch.ones(())))
-    assert obstacle(patched) == "the VAE carries patches"
+    vae.patcher.add_object_patch("taesd_decoder", torch.nn.Identity())
+    assert obstacle(vae) == "the VAE carries patches"
 
     monkeypatch.setattr(host_api, "taesd_graph_obstacle", lambda vae: None)
     monkeypatch.setattr(engine, "record", lambda body, device: (_ for _ in ()).throw(RuntimeError("not capturable")))
@@ -693,12 +695,20 @@ def test_text_encoders_replay_a_graph_per_shape_with_the_hosts_bits(tiny_models,
     assert sum(graph.runs["recorded"] for graph in graphs.values()) > len(graphs)
 
 
-def test_text_graph_obstacles_are_named(tiny_models, host_api):
+def test_text_graph_obstacles_are_named(tiny_models, host_api, monkeypatch):
     clip = g.load(tiny_models["sd_turbo"].single_file.name, engine="on")[1]
+    assert host_api.text_graph_obstacle(clip) == "no CUDA graphs on cpu"
+    # The reasons met on a GPU (the obstacle only reads the patcher's load device).
+    monkeypatch.setattr(clip.patcher, "load_device", torch.device("cuda"))
+    assert host_api.text_graph_obstacle(clip) is None
     layer = next(m for m in clip.cond_stage_model.modules() if hasattr(m, "weight_function"))
     layer.weight_function = [lambda w: w]
     assert host_api.text_graph_obstacle(clip) == "the text encoder's layers patch their weights on each call"
     layer.weight_function = []
+    clip.patcher.add_object_patch("manual_cast_dtype", torch.float32)  # a plain value: no obstacle
+    assert host_api.text_graph_obstacle(clip) is None
+    clip.patcher.add_object_patch("final_layer_norm", torch.nn.Identity())
+    assert host_api.text_graph_obstacle(clip) == "the text encoder has modules swapped in by object patches"
     clip.apply_hooks_to_conds = object()
     assert host_api.text_graph_obstacle(clip) == "the text encoder has hooks"
 
@@ -712,3 +722,19 @@ def test_the_cuda_warm_up_note_says_how_the_graphs_went(engine):
     assert engine._graph_note("text encoders", [recorded]) == "; text encoders: CUDA graphs per input size"
     assert engine._graph_note("TAESD decode", [recorded, failed]) == \
         "; TAESD decode: the host's (recording a CUDA graph failed: not capturable)"
+
+
+def test_the_weight_index_sees_every_way_the_host_moves_or_replaces_weights(engine):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    index = engine.WeightIndex(model)
+    assert len(index.tensors()) == len(list(model.parameters())) + len(list(model.buffers()))
+    first = index.fingerprint()
+    assert index.fingerprint() == first  # nothing moved
+    model[0].weight = torch.nn.Parameter(model[0].weight.detach().clone())  # as the host's set_attr_param
+    second = index.fingerprint()
+    assert second != first
+    model[0].bias.data = model[0].bias.data.clone()  # a new storage under the same Parameter
+    third = index.fingerprint()
+    assert third != second
+    model.to(torch.float64)  # a move or cast of the whole module
+    assert index.fingerprint() != third
