@@ -225,9 +225,9 @@ class GraphedCall:
     Used for TAESD's decode and the text encoders' layer stacks (host_api installs it only where
     nothing stands in the way of a graph).
 
-    fn runs directly instead when an argument is neither a tensor nor hashable, when `module`'s
-    weights are not all on the inputs' device, and for good once a recording has failed. Graphs are
-    dropped when the weights move.
+    fn runs directly instead outside inference mode, when an argument is neither a tensor nor hashable,
+    when `module`'s weights are not all on the inputs' device, and for good once a recording has
+    failed. Graphs are dropped when the weights move.
     """
 
     def __init__(self, fn, module: torch.nn.Module, name: str):
@@ -253,7 +253,10 @@ class GraphedCall:
 
     def __call__(self, *args, **kwargs):
         key, inputs = self._key(args, kwargs)
-        weights = None if key is None or self.failure else self.index.fingerprint()
+        # Graph buffers are inference tensors, as the host's executor makes every tensor: a call from
+        # outside inference mode (another extension, a script) runs directly.
+        usable = key is not None and not self.failure and torch.is_inference_mode_enabled()
+        weights = self.index.fingerprint() if usable else None
         if weights is not None and weights != self.weights:  # moved: check the device once per move
             if all(t.device == inputs[0].device for t in self.index.tensors()):
                 self.graphs.clear()

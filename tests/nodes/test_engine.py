@@ -634,6 +634,9 @@ def test_taesd_decode_replays_a_graph_per_latent_size_with_the_hosts_bits(tiny_m
     for latent in latents:
         assert torch.equal(g.decode(vae, latent), g.decode(plain_vae, latent))
     assert graph.runs == {"recorded": 2, "replayed": 4}  # two sizes; each decode replays
+    with torch.inference_mode(False), torch.no_grad():  # outside inference mode: the host's decode
+        assert torch.equal(g.decode(vae, latents[0]), g.decode(plain_vae, latents[0]))
+    assert graph.runs == {"recorded": 2, "replayed": 4, "direct": 1}
     assert "decode" not in vae.first_stage_model.__dict__  # installed only during a decode
 
     weight = next(vae.first_stage_model.parameters())
