@@ -1,8 +1,9 @@
 """Several queued prompts of one graph in one UNet call.
 
 Queueing a graph N times with a randomised seed (the editor's batch count) gives N prompts that
-differ only in the sampler's seed. The first to reach its sampler can sample all of them as one
-batch; the others then find their latents here when their turn comes. Plain Python over API-format
+differ only in the sampler's seed; a script queueing one graph with other prompt texts gives prompts
+that differ in the text of the node feeding the sampler. The first to reach its sampler can sample
+all of them as one batch; the others then find their latents here when their turn comes. Plain Python over API-format
 prompts ({node id: {"class_type", "inputs"}}); the host's queue is read in nodes/host_api.py.
 """
 
@@ -11,43 +12,64 @@ from __future__ import annotations
 import collections
 import copy
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 SEED_INPUT = "seed"
+TEXT_INPUT = "text"
 STASH_SIZE = 64  # latents kept for queued prompts; a few KiB to a few MiB each
 
 
-def _without_seed(prompt: dict, node_id: str) -> dict:
+class Twin(NamedTuple):
+    prompt_id: str
+    seed: int
+    text: str | None  # the prompt text of text_node, when one was given
+
+
+def _without(prompt: dict, inputs: set) -> dict:
+    """`prompt` without the (node id, input name) pairs in `inputs`."""
     other = copy.copy(prompt)
-    node = dict(other[node_id])
-    node["inputs"] = {k: v for k, v in node.get("inputs", {}).items() if k != SEED_INPUT}
-    other[node_id] = node
+    for node_id, name in inputs:
+        if node_id in other:
+            node = dict(other[node_id])
+            node["inputs"] = {k: v for k, v in node.get("inputs", {}).items() if k != name}
+            other[node_id] = node
     return other
 
 
-def queued_twins(prompt: dict, node_id: str, pending: list[tuple[str, dict]], limit: int) -> list[tuple[str, int]]:
-    """The first `limit` prompts of `pending` that equal `prompt` except in node `node_id`'s seed.
+def _literal(prompt: dict, node_id: str | None, name: str, kind: type):
+    value = prompt.get(node_id, {}).get("inputs", {}).get(name) if isinstance(prompt, dict) else None
+    return value if isinstance(value, kind) else None
+
+
+def queued_twins(prompt: dict, node_id: str, pending: list[tuple[str, dict]], limit: int,
+                 text_node: str | None = None) -> list[Twin]:
+    """The first `limit` prompts of `pending` that equal `prompt` except in node `node_id`'s seed and,
+    if given, node `text_node`'s text (the CLIPTextEncode that feeds the sampler).
 
     Args:
         prompt: the running prompt; node_id: the sampler's id in it; pending: (prompt id, prompt)
         waiting in the queue, in the order they will run.
     Returns:
-        (prompt id, seed) of each twin, in queue order. A seed given by a link, or one already
-        taken (by `prompt` or an earlier twin), makes no twin: that image is the same anyway.
+        Twin(prompt id, seed, text) of each, in queue order. A seed or text given by a link makes no
+        twin, nor a (seed, text) already taken by `prompt` or an earlier twin: that image is the same.
     """
-    seed = prompt.get(node_id, {}).get("inputs", {}).get(SEED_INPUT)
-    if limit < 1 or not isinstance(seed, int):
+    seed = _literal(prompt, node_id, SEED_INPUT, int)
+    text = _literal(prompt, text_node, TEXT_INPUT, str) if text_node is not None else None
+    if limit < 1 or seed is None or (text_node is not None and text is None):
         return []
-    reference = _without_seed(prompt, node_id)
-    seeds, twins = {seed}, []
+    varying = {(node_id, SEED_INPUT)} | ({(text_node, TEXT_INPUT)} if text_node is not None else set())
+    reference = _without(prompt, varying)
+    taken, twins = {(seed, text)}, []
     for prompt_id, other in pending:
-        other_seed = other.get(node_id, {}).get("inputs", {}).get(SEED_INPUT) if isinstance(other, dict) else None
-        if not isinstance(other_seed, int) or other_seed in seeds or other.keys() != prompt.keys():
+        other_seed = _literal(other, node_id, SEED_INPUT, int)
+        other_text = _literal(other, text_node, TEXT_INPUT, str) if text_node is not None else None
+        if other_seed is None or (text_node is not None and other_text is None) or (other_seed, other_text) in taken:
             continue
-        if _without_seed(other, node_id) == reference:
-            seeds.add(other_seed)
-            twins.append((prompt_id, other_seed))
+        if other.keys() == prompt.keys() and _without(other, varying) == reference:
+            taken.add((other_seed, other_text))
+            twins.append(Twin(prompt_id, other_seed, other_text))
             if len(twins) == limit:
                 break
     return twins

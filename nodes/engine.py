@@ -354,7 +354,7 @@ def _replay(state: EngineState, patcher, unet, sigmas, seeds: list, sampler: str
 
 
 def sample(patcher, positive, latent, start_noise, sigmas, seed: int | list[tuple[int, int]], sampler: str,
-           eta: float, callback=None) -> torch.Tensor:
+           eta: float, callback=None, positives: list | None = None) -> torch.Tensor:
     """Sample through the engine; call only when `fallback_reason` is None.
 
     Args:
@@ -362,7 +362,8 @@ def sample(patcher, positive, latent, start_noise, sigmas, seed: int | list[tupl
         sigmas: [steps + 1] on the CPU, ending in 0; seed: keys the per-step noise of image k by
         seed + k, or, for a batch of several prompts' images, groups (seed, rows) in batch order
         (noise.grouped_noise); callback: the host's step callback (step, x0, x, total_steps); a
-        replayed graph reports once, at the end.
+        replayed graph reports once, at the end. positives: one plain prompt per seed group (each
+        as `positive`, with the same shapes), for a batch of several prompts; default `positive`.
     Returns:
         the sampled latent [B, C, h, w], fp32 on the load device, as the host's guider returns it.
     """
@@ -371,7 +372,12 @@ def sample(patcher, positive, latent, start_noise, sigmas, seed: int | list[tupl
     seeds = [(seed, latent.shape[0])] if isinstance(seed, int) else list(seed)
     if sum(rows for _, rows in seeds) != latent.shape[0]:
         raise ValueError(f"the seed groups {seeds} do not cover the batch of {latent.shape[0]}")
-    with host_api.DirectUNet(patcher, positive, start_noise, latent, seeds[0][0], sigmas) as unet:
+    groups = None
+    if positives is not None:
+        if len(positives) != len(seeds):
+            raise ValueError(f"{len(positives)} prompts for {len(seeds)} seed groups")
+        groups = [(p, rows) for p, (_, rows) in zip(positives, seeds, strict=True)]
+    with host_api.DirectUNet(patcher, positive, start_noise, latent, seeds[0][0], sigmas, groups) as unet:
         obstacle = capture_obstacle(patcher, unet) or state.capture_failure
         if obstacle is None:
             try:

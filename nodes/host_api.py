@@ -234,7 +234,33 @@ class CachedTextCLIP(comfy.sd.CLIP):
         if args or kwargs or self.apply_hooks_to_conds or self.patcher.hook_patches:
             return encode()  # arguments this cache does not know, or hooks: never cached
         key = (freeze(tokens), self.layer_idx, return_pooled, return_dict, self.patcher.patches_uuid)
-        return self.prompt_cache.get_or_encode(key, encode)
+        out = self.prompt_cache.get_or_encode(key, encode)
+        _remember_encoder(out.get("cond") if isinstance(out, dict) else out, self)
+        return out
+
+
+# Conditioning tensor -> the CLIP that encoded it (queue_batch encodes a queued prompt's other text with
+# it, as that prompt's CLIPTextEncode will). Keyed by id, checked through a weak reference.
+_ENCODED_BY: dict = {}
+
+
+def _remember_encoder(cond, clip) -> None:
+    if not torch.is_tensor(cond):
+        return
+    for key in [k for k, (tensor, _) in _ENCODED_BY.items() if tensor() is None]:
+        del _ENCODED_BY[key]
+    _ENCODED_BY[id(cond)] = (weakref.ref(cond), weakref.ref(clip))
+
+
+def clip_that_encoded(cond) -> "CachedTextCLIP | None":
+    """The pack's CLIP whose encode returned the tensor `cond` ([B, tokens, width]), while both live."""
+    tensor, clip = _ENCODED_BY.get(id(cond), (None, None))
+    return clip() if tensor is not None and tensor() is cond else None
+
+
+def encode_text(clip, text: str):
+    """`text` encoded as the host's CLIPTextEncode encodes it: the conditioning [[cond, {...}]]."""
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
 
 
 def compute_text_encoders_in(clip, dtype: torch.dtype) -> None:
@@ -434,9 +460,10 @@ class DirectUNet:
         (SDXL)} on the device; sigmas: `sigmas` on the device.
     """
 
-    def __init__(self, patcher, positive, noise, latent, seed, sigmas):
+    def __init__(self, patcher, positive, noise, latent, seed, sigmas, groups=None):
         self.patcher, self.positive, self.noise, self.latent = patcher, positive, noise, latent
         self.seed, self.cpu_sigmas = seed, sigmas
+        self.groups = groups  # [(positive, rows)] in batch order: each group's rows get its own prompt
 
     def __enter__(self):
         import comfy.sampler_helpers as helpers
@@ -458,9 +485,9 @@ class DirectUNet:
             conds = comfy.samplers.process_conds(self.base, noise, conds, self.device, latent, None, self.seed)
             self.conds = conds
             entry = conds["positive"][0]
-            part = comfy.samplers.get_area_and_mult(entry, noise, self.sigmas[:1])
-            inputs = comfy.samplers.cond_cat([part.conditioning])
-            self.inputs = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+            self.inputs = self._inputs(entry, noise)
+            if self.groups:
+                self.inputs = self._grouped_inputs(noise, latent)
             self.uuid = entry["uuid"]
             self.transformer_options = model_options["transformer_options"]
             self.transformer_options["sample_sigmas"] = self.sigmas
@@ -469,6 +496,26 @@ class DirectUNet:
             self.__exit__(None, None, None)
             raise
         return self
+
+    def _inputs(self, entry, noise) -> dict:
+        """The UNet inputs of one processed conditioning entry for the whole batch, on the device."""
+        part = comfy.samplers.get_area_and_mult(entry, noise, self.sigmas[:1])
+        inputs = comfy.samplers.cond_cat([part.conditioning])
+        return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+
+    def _grouped_inputs(self, noise, latent) -> dict:
+        """Each group's rows of the inputs its own prompt gives the whole batch, concatenated."""
+        import comfy.sampler_helpers as helpers
+
+        parts, start = [], 0
+        for positive, rows in self.groups:
+            conds = {"positive": helpers.convert_cond(positive)}
+            conds = comfy.samplers.process_conds(self.base, noise, conds, self.device, latent, None, self.seed)
+            parts.append({k: v[start:start + rows] for k, v in self._inputs(conds["positive"][0], noise).items()})
+            start += rows
+        if start != noise.shape[0] or any(p.keys() != self.inputs.keys() for p in parts):
+            raise ValueError("the prompt groups do not cover the batch with the same kinds of inputs")
+        return {k: torch.cat([p[k] for p in parts]) for k in self.inputs}
 
     def _max_denoise(self) -> bool:
         """As comfy.samplers.Sampler.max_denoise: the first sigma is the schedule's maximum."""

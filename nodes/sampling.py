@@ -98,25 +98,40 @@ def _prepare(model, positive, latent, steps, strength, spacing, sampler, eta):
     return latent, sigmas, sampler_object
 
 
-def sample_latents_together(model, positive, latent, seeds: list[int], steps, strength, spacing, sampler,
+def sample_latents_together(model, positives: list, latent, seeds: list[int], steps, strength, spacing, sampler,
                             eta) -> tuple[list[torch.Tensor], str | None]:
-    """One latent [B, C, h, w] per seed, all sampled as one batch through the engine: (latents, None);
-    or ([], why not) when the engine cannot sample them (it is off, or would fall back).
+    """One latent [B, C, h, w] per (prompt, seed), all sampled as one batch through the engine:
+    (latents, None); or ([], why not) when the engine cannot sample them (it is off, would fall back,
+    or the prompts' conditionings differ in shape).
 
-    Latent k equals sample_latent(..., seeds[k], ...) up to fp32 rounding of the larger batch: its
-    rows get the noise of their own seed (noise.grouped_noise)."""
+    Latent k equals sample_latent(..., positives[k], ..., seeds[k], ...) up to fp32 rounding of the
+    larger batch: its rows get their own prompt and the noise of their own seed (noise.grouped_noise)."""
     if not engine.engine_on(model):
         return [], "the loader's engine is off"
+    positive = positives[0]
     latent, sigmas, _ = _prepare(model, positive, latent, steps, strength, spacing, sampler, eta)
     batch = latent.repeat(len(seeds), *([1] * (latent.ndim - 1)))
-    reason = engine.fallback_reason(model, positive, batch)
-    if reason is not None:
-        return [], reason
+    for other in positives:
+        check_model_inputs(model, other, latent)
+        reason = engine.fallback_reason(model, other, batch)
+        if reason is not None:
+            return [], reason
+        if not _same_shapes(other, positive):
+            return [], "the prompts' conditionings differ in shape (e.g. a prompt over 77 tokens)"
     groups = [(seed, latent.shape[0]) for seed in seeds]
     start_noise = noise.grouped_noise(groups, latent.shape[1:])
     callback = latent_preview.prepare_callback(model, steps)
-    samples = engine.sample(model, positive, batch, start_noise, sigmas, groups, sampler, eta, callback)
+    samples = engine.sample(model, positive, batch, start_noise, sigmas, groups, sampler, eta, callback,
+                            positives=None if all(p is positive for p in positives) else positives)
     return list(samples.to(comfy.model_management.intermediate_device()).split(latent.shape[0])), None
+
+
+def _same_shapes(a, b) -> bool:
+    """Two plain prompts whose tensors (cond, pooled output, ...) have the same shapes."""
+    def shapes(conditioning):
+        cond, extra = conditioning[0]
+        return tuple(cond.shape), {k: tuple(v.shape) if torch.is_tensor(v) else v for k, v in extra.items()}
+    return shapes(a) == shapes(b)
 
 
 def sample_latent(model, positive, latent, seed, steps, strength, spacing, sampler, eta, denoise_mask=None):
@@ -203,10 +218,11 @@ class ADDTurboSample(io.ComfyNode):
                 io.Int.Input("queue_batch", default=1, min=1, max=QUEUE_BATCH_MAX, optional=True,
                              tooltip="Most prompts per UNet call. Above 1, with the loader's engine on: prompts "
                                      "waiting in the queue that differ from this one only in this node's seed "
-                                     "(queueing a graph several times with a random seed) are sampled together "
-                                     "with it in one UNet call, and take their latents from it when they run. "
-                                     "Each image equals its lone run up to float rounding, as images of one "
-                                     "batch do. 1: each prompt samples alone."),
+                                     "(queueing a graph several times with a random seed) or in the text of the "
+                                     "CLIP Text Encode feeding it are sampled together with it in one UNet call, "
+                                     "and take their latents from it when they run. Each image equals its lone "
+                                     "run up to float rounding, as images of one batch do. 1: each prompt "
+                                     "samples alone."),
             ],
             outputs=[io.Latent.Output(tooltip="The sampled latent; decode with VAE Decode.")],
             hidden=[io.Hidden.prompt, io.Hidden.unique_id],

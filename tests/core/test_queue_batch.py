@@ -21,9 +21,21 @@ def test_twins_differ_only_in_the_seed_of_this_node_and_keep_queue_order():
     pending = [("a", _prompt(6)), ("b", _prompt(7, text="a dog")), ("c", _prompt(8, size=128)), ("d", _prompt(9)),
                ("e", _prompt(6)), ("f", _prompt(5)), ("g", _prompt(10))]
     # b: another text; c: another size; e: seed 6 is taken by a; f: the running prompt's own seed.
-    assert queue_batch.queued_twins(_prompt(5), "4", pending, limit=8) == [("a", 6), ("d", 9), ("g", 10)]
-    assert queue_batch.queued_twins(_prompt(5), "4", pending, limit=2) == [("a", 6), ("d", 9)]
+    assert queue_batch.queued_twins(_prompt(5), "4", pending, limit=8) == [("a", 6, None), ("d", 9, None),
+                                                                           ("g", 10, None)]
+    assert queue_batch.queued_twins(_prompt(5), "4", pending, limit=2) == [("a", 6, None), ("d", 9, None)]
     assert queue_batch.queued_twins(_prompt(5), "4", pending, limit=0) == []
+
+
+def test_with_the_text_node_other_prompt_texts_are_twins_too():
+    pending = [("a", _prompt(5, text="a dog")), ("b", _prompt(6, text="a dog")), ("c", _prompt(5)),
+               ("d", _prompt(5, text="a dog")), ("e", _prompt(7, text="a cow", size=128)), ("f", _prompt(8))]
+    # c: the running prompt's own seed and text; d: the same (seed, text) as a; e: another size.
+    assert queue_batch.queued_twins(_prompt(5), "4", pending, limit=8, text_node="2") == [
+        ("a", 5, "a dog"), ("b", 6, "a dog"), ("f", 8, "a cat")]
+    linked = _prompt(5)
+    linked["2"]["inputs"]["text"] = ["9", 0]  # a text from another node: no twins
+    assert queue_batch.queued_twins(linked, "4", pending, limit=8, text_node="2") == []
 
 
 def test_no_twins_for_another_node_a_linked_seed_or_an_extra_node():

@@ -15,7 +15,7 @@ import torch
 from devkit import graphs as g
 from devkit import tiny_addons
 from tests.support.model_links import linked_into_models
-from tests.support.tolerances import assert_fp32_close
+from tests.support.tolerances import assert_fp32_close, max_rel_diff
 
 SIZE, PROMPT, SEED = 64, "a lighthouse at dusk", 7
 FAMILIES = ["sd_turbo", "sdxl_turbo"]
@@ -171,7 +171,7 @@ def test_several_seeds_in_one_engine_batch_each_equal_their_lone_run(loaded, eng
     seeds = [SEED, 40, SEED + 1]  # image 1 of the first prompt and image 0 of the third share a seed
     state = engine.state_of(model)
     direct_before = state.runs["direct"]
-    latents, reason = sampling.sample_latents_together(model, positive, latent, seeds, 2, 1.0, "trailing",
+    latents, reason = sampling.sample_latents_together(model, [positive] * 3, latent, seeds, 2, 1.0, "trailing",
                                                        "euler_ancestral", 1.0)
     assert reason is None and state.runs["direct"] == direct_before + 1  # one engine run for all three prompts
     for seed, got in zip(seeds, latents, strict=True):
@@ -179,14 +179,39 @@ def test_several_seeds_in_one_engine_batch_each_equal_their_lone_run(loaded, eng
         assert_fp32_close(got, alone)  # another batch size takes other kernels: equal up to fp32 rounding
     assert torch.equal(latents[0][1], latents[2][0])  # one seed, one noise, one batch: the same bits
     assert host_sampler_runs == []
-    _, off_reason = sampling.sample_latents_together(loaded[family]["off"][0], positive, latent, seeds, 2, 1.0,
-                                                     "trailing", "euler_ancestral", 1.0)
+    _, off_reason = sampling.sample_latents_together(loaded[family]["off"][0], [positive] * 3, latent, seeds, 2,
+                                                     1.0, "trailing", "euler_ancestral", 1.0)
     assert off_reason == "the loader's engine is off"
     patched = model.clone()
     patched.add_object_patch("diffusion_model.input_blocks.0.0.weight", torch.nn.Parameter(torch.zeros(1)))
-    _, patched_reason = sampling.sample_latents_together(patched, positive, latent, seeds, 2, 1.0, "trailing",
-                                                         "euler_ancestral", 1.0)
+    _, patched_reason = sampling.sample_latents_together(patched, [positive] * 3, latent, seeds, 2, 1.0,
+                                                         "trailing", "euler_ancestral", 1.0)
     assert patched_reason is not None and "object patches" in patched_reason
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_several_prompts_in_one_engine_batch_each_equal_their_lone_run(loaded, engine, host_sampler_runs, family):
+    """queue_batch with other prompt texts: each group of rows gets its own prompt (and SDXL its own pooled
+    output), so each latent is its lone run's up to fp32 rounding."""
+    sampling = next(m for k, m in sys.modules.items() if k.endswith("nodes.sampling") and hasattr(m, "sample_latent"))
+    model, clip = loaded[family]["on"][:2]
+    positives = [g.encode(clip, text) for text in (PROMPT, "a red fox", "a city at night, neon")]
+    latent = g.empty_latent(SIZE, width=2 * SIZE)["samples"]
+    seeds = [SEED, SEED, 3]
+    state = engine.state_of(model)
+    direct_before = state.runs["direct"]
+    latents, reason = sampling.sample_latents_together(model, positives, latent, seeds, 2, 1.0, "trailing",
+                                                       "euler_ancestral", 1.0)
+    assert reason is None and state.runs["direct"] == direct_before + 1
+    for positive, seed, got in zip(positives, seeds, latents, strict=True):
+        alone = sampling.sample_latent(model, positive, latent, seed, 2, 1.0, "trailing", "euler_ancestral", 1.0)
+        assert_fp32_close(got, alone)
+    assert max_rel_diff(latents[0], latents[1]) > 1e-2  # one seed, two prompts: two images
+    long_prompt = g.encode(clip, " ".join(["word"] * 90))  # over 77 tokens: a longer conditioning
+    _, reason = sampling.sample_latents_together(model, [positives[0], long_prompt], latent, [1, 2], 1, 1.0,
+                                                 "trailing", "euler_ancestral", 1.0)
+    assert reason == "the prompts' conditionings differ in shape (e.g. a prompt over 77 tokens)"
+    assert host_sampler_runs == []
 
 
 def test_loader_reports_the_engine_warm_up(tiny_models, engine):

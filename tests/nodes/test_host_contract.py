@@ -80,6 +80,11 @@ def test_the_host_still_reads_what_the_pack_sets(host_api):
 
     assert "self.encoder(x, mask=mask, intermediate_output=intermediate_output)" in inspect.getsource(
         CLIPTextModel_.forward)
+    # queue_batching: a queued prompt's text is encoded as the host's CLIPTextEncode encodes it
+    import nodes
+
+    text_encode = inspect.getsource(nodes.NODE_CLASS_MAPPINGS["CLIPTextEncode"])
+    assert "clip.tokenize(text)" in text_encode and "clip.encode_from_tokens_scheduled(tokens)" in text_encode
     # precision.unet_dtypes: fp8_e4m3fn asks for the host's fp8 matmuls
     assert 'model_config.optimizations.get("fp8"' in inspect.getsource(model_base.BaseModel.__init__)
 
