@@ -61,26 +61,28 @@ def _lone_and_together(client, name, runs):
     return lone, together, history, ids
 
 
-def test_prompts_queued_with_only_another_seed_share_one_unet_call(server, client, tiny_models):
-    runs = [(seed, "a photo of a cat") for seed in (11, 12, 13)]
-    lone, together, history, ids = _lone_and_together(client, tiny_models["sd_turbo"].single_file.name, runs)
-    assert _note(history, ids[0]) == "sampled with 2 queued prompt(s) in one UNet call (seeds 11, 12, 13)"
+def _check_batched(client, name, runs, label):
+    """The first of `runs` sampled all of them in one UNet call, the others took their latents, and
+    each image is its lone run's: a larger batch takes other kernels, so fp32 rounding, at most one
+    8-bit level at a rounding edge. Returns the images queued together."""
+    lone, together, history, ids = _lone_and_together(client, name, runs)
+    seeds = ", ".join(str(seed) for seed, _ in runs)
+    assert _note(history, ids[0]) == f"sampled with {len(runs) - 1} queued prompt(s) in one UNet call (seeds {seeds})"
     for i in ids[1:]:
         assert _note(history, i) == "sampled ahead, in one UNet call with an earlier queued prompt"
-    # A larger batch takes other kernels: fp32 rounding, at most one 8-bit level at a rounding edge.
     levels = [int(abs(a - b).max()) for a, b in zip(together, lone, strict=True)]
     assert max(levels) <= 1, levels
+    print(f"\nQUEUE BATCH {label}: {len(runs)} prompts in one UNet call; levels from the lone runs {levels}")
+    return together
+
+
+def test_prompts_queued_with_only_another_seed_share_one_unet_call(server, client, tiny_models):
+    runs = [(seed, "a photo of a cat") for seed in (11, 12, 13)]
+    together = _check_batched(client, tiny_models["sd_turbo"].single_file.name, runs, "seeds")
     assert abs(together[0] - together[1]).max() > 10  # each prompt got its own seed's image
-    print(f"\nQUEUE BATCH seeds: 3 prompts in one UNet call; levels from the lone runs {levels}")
 
 
 def test_prompts_queued_with_other_texts_share_one_unet_call(server, client, tiny_models):
     runs = [(21, "a photo of a cat"), (21, "a red fox in the snow"), (22, "a city at night, neon")]
-    lone, together, history, ids = _lone_and_together(client, tiny_models["sdxl_turbo"].single_file.name, runs)
-    assert _note(history, ids[0]) == "sampled with 2 queued prompt(s) in one UNet call (seeds 21, 21, 22)"
-    for i in ids[1:]:
-        assert _note(history, i) == "sampled ahead, in one UNet call with an earlier queued prompt"
-    levels = [int(abs(a - b).max()) for a, b in zip(together, lone, strict=True)]
-    assert max(levels) <= 1, levels
+    together = _check_batched(client, tiny_models["sdxl_turbo"].single_file.name, runs, "texts (SDXL)")
     assert abs(together[0] - together[1]).max() > 10  # one seed, another text: another image
-    print(f"\nQUEUE BATCH texts (SDXL): 3 prompts in one UNet call; levels from the lone runs {levels}")
