@@ -112,6 +112,10 @@ class LatentStash:
     def __len__(self):
         return len(self.entries)
 
+    def holds(self, prompt_id: str, node_id: str) -> bool:
+        """A latent for this prompt's node is waiting here."""
+        return (prompt_id, node_id) in self.entries
+
     def put(self, prompt_id: str, node_id: str, seed: int, inputs: tuple, latent: torch.Tensor) -> None:
         self.entries[(prompt_id, node_id)] = _Entry(prompt_id, node_id, seed, inputs, latent)
         while len(self.entries) > self.size:

@@ -509,9 +509,12 @@ class DirectUNet:
 
         parts, start = [], 0
         for positive, rows in self.groups:
-            conds = {"positive": helpers.convert_cond(positive)}
-            conds = comfy.samplers.process_conds(self.base, noise, conds, self.device, latent, None, self.seed)
-            parts.append({k: v[start:start + rows] for k, v in self._inputs(conds["positive"][0], noise).items()})
+            inputs = self.inputs  # this run's own prompt: already prepared
+            if positive is not self.positive:
+                conds = {"positive": helpers.convert_cond(positive)}
+                conds = comfy.samplers.process_conds(self.base, noise, conds, self.device, latent, None, self.seed)
+                inputs = self._inputs(conds["positive"][0], noise)
+            parts.append({k: v[start:start + rows] for k, v in inputs.items()})
             start += rows
         if start != noise.shape[0] or any(p.keys() != self.inputs.keys() for p in parts):
             raise ValueError("the prompt groups do not cover the batch with the same kinds of inputs")
@@ -574,20 +577,31 @@ class _PackedConvForward:
 
 
 @contextlib.contextmanager
+def _instance_attributes(name: str, values: dict):
+    """Within: each module in `values` (module -> callable) has it as its instance attribute `name`, over
+    its class's method; removed afterwards unless something else replaced it meanwhile."""
+    for module, value in values.items():
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for module, value in values.items():
+            if module.__dict__.get(name) is value:
+                delattr(module, name)
+
+
+@contextlib.contextmanager
 def _instance_forwards(modules: list, store, new_state, forward_class):
     """Within: each module runs forward_class(module, state) as its instance forward, its state kept in
     `store` (module -> state, made by new_state()) between calls. Yields `modules`."""
+    forwards = {}
     for module in modules:
         state = store.get(module)
         if state is None:
             state = store[module] = new_state()
-        module.forward = forward_class(module, state)
-    try:
+        forwards[module] = forward_class(module, state)
+    with _instance_attributes("forward", forwards):
         yield modules
-    finally:
-        for module in modules:
-            if isinstance(module.__dict__.get("forward"), forward_class):
-                del module.forward
 
 
 def packed_convolutions(patcher, packs):
@@ -709,19 +723,10 @@ def _graphed_taesd_decode(vae):
     is in the way (else the host's decode, with the reason logged once per VAE and reason)."""
     graph = vae.decode_graph
     obstacle = None if graph is None else taesd_graph_obstacle(vae)
-    if graph is None or obstacle is not None:
-        if obstacle is not None and vae.device.type == "cuda" and obstacle not in graph.obstacles_logged:
-            graph.obstacles_logged.add(obstacle)
-            log.info("ADD Turbo engine: %s: the TAESD decode runs without a CUDA graph", obstacle)
+    if obstacle is not None and vae.device.type == "cuda":
+        _log_obstacle_once(graph, obstacle, "the TAESD decode runs without a CUDA graph")
+    with _instance_attributes("decode", {} if graph is None or obstacle else {vae.first_stage_model: graph}):
         yield
-        return
-    model = vae.first_stage_model
-    model.decode = graph
-    try:
-        yield
-    finally:
-        if model.__dict__.get("decode") is graph:
-            del model.decode
 
 
 # --- The text encoders' layer stacks as CUDA graphs with the engine on (engine.GraphedCall) --------------
@@ -760,20 +765,17 @@ def _graphed_text_encoders(clip):
     called and nothing is in the way (a compiled or otherwise replaced stack is left as it is)."""
     graphs = clip.encoder_graphs or {}
     obstacle = text_graph_obstacle(clip) if graphs else None
-    if obstacle is not None:
-        graph = next(iter(graphs.values()))
-        if clip.patcher.load_device.type == "cuda" and obstacle not in graph.obstacles_logged:
-            graph.obstacles_logged.add(obstacle)
-            log.info("ADD Turbo engine: %s: the text encoders run without CUDA graphs", obstacle)
-    installed = [] if obstacle is not None else [m for m in graphs if "forward" not in m.__dict__]
-    for module in installed:
-        module.forward = graphs[module]
-    try:
+    if obstacle is not None and clip.patcher.load_device.type == "cuda":
+        _log_obstacle_once(next(iter(graphs.values())), obstacle, "the text encoders run without CUDA graphs")
+    installed = {} if obstacle else {m: graph for m, graph in graphs.items() if "forward" not in m.__dict__}
+    with _instance_attributes("forward", installed):
         yield
-    finally:
-        for module in installed:
-            if module.__dict__.get("forward") is graphs[module]:
-                del module.forward
+
+
+def _log_obstacle_once(graph, obstacle: str, consequence: str) -> None:
+    if obstacle not in graph.obstacles_logged:
+        graph.obstacles_logged.add(obstacle)
+        log.info("ADD Turbo engine: %s: %s", obstacle, consequence)
 
 
 # --- The host's prompt queue (ADD Turbo Sample's queue_batch): read only, under its lock ----------

@@ -17,10 +17,8 @@ from .sampling import sample_latent, sample_latents_together
 log = logging.getLogger(__name__)
 
 STASH = queue_batch.LatentStash()
-_LOGGED = set()
-
-
 TEXT_NODE_CLASS = "CLIPTextEncode"  # the host's node; host_api.encode_text encodes as it does
+_LOGGED = set()
 
 
 def _text_node(prompt: dict, node_id: str) -> str | None:
@@ -51,7 +49,7 @@ def sample(model, positive, latent, seed, steps, strength, spacing, sampler, eta
     text_node = _text_node(prompt, node_id) if clip is not None else None
     twins = [twin for twin in queue_batch.queued_twins(prompt, node_id, host_api.queued_prompts(), limit - 1,
                                                         text_node)
-             if (twin.prompt_id, node_id) not in STASH.entries]
+             if not STASH.holds(twin.prompt_id, node_id)]
     if twins:
         own_text = prompt[text_node]["inputs"]["text"] if text_node is not None else None
         positives = [positive] + [positive if twin.text in (None, own_text) else host_api.encode_text(clip, twin.text)

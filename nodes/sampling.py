@@ -112,7 +112,8 @@ def sample_latents_together(model, positives: list, latent, seeds: list[int], st
     latent, sigmas, _ = _prepare(model, positive, latent, steps, strength, spacing, sampler, eta)
     batch = latent.repeat(len(seeds), *([1] * (latent.ndim - 1)))
     for other in positives:
-        check_model_inputs(model, other, latent)
+        if other is not positive:  # _prepare checked this run's own
+            check_model_inputs(model, other, latent)
         reason = engine.fallback_reason(model, other, batch)
         if reason is not None:
             return [], reason

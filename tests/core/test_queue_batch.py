@@ -87,6 +87,7 @@ def test_the_stash_drops_latents_of_prompts_no_longer_queued_and_stays_bounded()
     assert stash.pending_ids() == {"p2", "p3", "p4"}  # oldest out first
     stash.keep_only({"p3", "p9"})
     assert stash.pending_ids() == {"p3"}
+    assert stash.holds("p3", "4") and not stash.holds("p3", "5") and not stash.holds("p2", "4")
 
 
 def test_grouped_noise_gives_each_group_the_noise_of_its_own_run():
