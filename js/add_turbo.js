@@ -180,10 +180,21 @@ function labelElement(node) {
   return node.addTurboLabelElement;
 }
 
+function showLabel(node) {
+  labelElement(node).textContent = [node.addTurboLastRun, node.addTurboNote].filter(Boolean).join(" · ");
+  node.setDirtyCanvas?.(true, false);
+}
+
 function setLabel(node, text) {
   node.addTurboLastRun = text;
-  labelElement(node).textContent = text;
-  node.setDirtyCanvas?.(true, false);
+  showLabel(node);
+}
+
+// A note on the last run (the sampler's queue batching), shown next to its time; null clears it.
+function setNote(node, text) {
+  if (!text && !node.addTurboNote) return;
+  node.addTurboNote = text || null;
+  showLabel(node);
 }
 
 // The Vue renderer ("Nodes 2.0") never calls onDrawForeground: put each label into the element it
@@ -193,7 +204,7 @@ function showLabelsInVueNodes() {
   for (const node of graphNodes(app.canvas?.graph)) {
     const element = node.addTurboLabelElement;
     if (!element) continue;
-    element.hidden = !node.addTurboLastRun || !!node.flags?.collapsed;
+    element.hidden = !(node.addTurboLastRun || node.addTurboNote) || !!node.flags?.collapsed;
     const nodeElement = document.querySelector(`.lg-node[data-node-id="${CSS.escape(String(node.id))}"]`);
     if (nodeElement && element.parentElement !== nodeElement) nodeElement.append(element);
   }
@@ -327,6 +338,7 @@ function poll() {
 function onExecutionStart({ detail }) {
   live.running = detail?.prompt_id ?? null;
   if (live.running) live.started.set(live.running, performance.now());
+  for (const { node } of allNodes()) setNote(node, null); // a note belongs to the run that sent it
 }
 
 // A stream run completed: its wall time runs from the previous completion, or from its queueing
@@ -376,11 +388,19 @@ async function onExecutionEnd({ detail }) {
   continueStream();
 }
 
+// The sampler's note on queued prompts sampled together (queue_batch), short enough for a label.
+function shortNote(message) {
+  const together = message.match(/^sampled with (\d+) queued prompt/);
+  if (together) return `${Number(together[1]) + 1} prompts in one UNet call`;
+  return message.startsWith("sampled ahead") ? "sampled ahead in a queued batch" : message;
+}
+
 function onExecuted({ detail }) {
   const node = nodeByExecutionId(detail?.node);
   if (node && LIVE_NODES.has(node.comfyClass)) node.addTurboBatch = detail?.output?.images?.length || 1;
-  // The loader reports its compile warm-up (compile option): show it above the node.
   const message = detail?.output?.text?.[0];
+  if (node?.comfyClass === "ADDTurboSample" && typeof message === "string" && message) setNote(node, shortNote(message));
+  // The loader reports its compile warm-up (compile option): show it above the node.
   if (node?.comfyClass === "ADDTurboLoader" && typeof message === "string") {
     const warmUp = message.match(/warm-up ([\d.]+ s)/);
     setLabel(node, warmUp ? `compiled, warm-up ${warmUp[1]}` : message);
@@ -426,12 +446,15 @@ app.registerExtension({
     const onDrawForeground = nodeType.prototype.onDrawForeground;
     nodeType.prototype.onDrawForeground = function (ctx) {
       const result = onDrawForeground?.apply(this, arguments);
-      if (this.addTurboLastRun && !this.flags?.collapsed) {
+      if ((this.addTurboLastRun || this.addTurboNote) && !this.flags?.collapsed) {
         ctx.save();
         ctx.font = "11px sans-serif";
         ctx.fillStyle = LABEL_COLOR;
         ctx.textAlign = "right";
-        ctx.fillText(this.addTurboLastRun, this.size[0] - 8, -8);
+        if (this.addTurboLastRun) ctx.fillText(this.addTurboLastRun, this.size[0] - 8, -8);
+        // The note above the title bar, on the left: the node's source badge sits on the right.
+        ctx.textAlign = "left";
+        if (this.addTurboNote) ctx.fillText(this.addTurboNote, 4, -(globalThis.LiteGraph?.NODE_TITLE_HEIGHT ?? 30) - 6);
         ctx.restore();
       }
       return result;
