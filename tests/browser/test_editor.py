@@ -591,6 +591,11 @@ def _set_widgets(editor, node_id, values: dict):
                             " if (!w) throw new Error(`no widget ${name}`); w.value = value; } }", values)
 
 
+def _queue_from_editor(editor):
+    """Queue the graph as the editor's Queue button does."""
+    editor.js("async () => { await window.app.extensionManager.command.execute('Comfy.QueuePrompt'); }")
+
+
 def test_sampler_label_says_which_queued_prompts_shared_one_unet_call(editor, frontend_server, tiny_models):
     """Queued three times from the editor with other seeds, behind a longer run, with queue_batch on: the
     sampler's note says the first sampled all three in one UNet call and the others took their latents,
@@ -611,9 +616,9 @@ def test_sampler_label_says_which_queued_prompts_shared_one_unet_call(editor, fr
             blocker[latent_id]["inputs"].update(width=size, height=size)
             editor.js(RECORD_LABELS, sample_id)
             blocker_id = client.queue(blocker)
-            for seed in seeds:  # as the Queue button does
+            for seed in seeds:
                 _set_widgets(editor, sample_id, {"seed": seed})
-                editor.js("async () => { await window.app.extensionManager.command.execute('Comfy.QueuePrompt'); }")
+                _queue_from_editor(editor)
             queue = client.get_json("/queue")
             waited = [item[1] for item in queue["queue_running"]] == [blocker_id] and len(queue["queue_pending"]) == 3
             ids = [item[1] for item in sorted(queue["queue_pending"])]
@@ -645,7 +650,7 @@ def test_sampler_label_says_which_queued_prompts_shared_one_unet_call(editor, fr
     # The next run, alone, shows its time only: a note belongs to the run that sent it.
     _set_widgets(editor, sample_id, {"queue_batch": 1, "seed": 14})
     editor.js(RECORD_LABELS, sample_id)
-    editor.js("async () => { await window.app.extensionManager.command.execute('Comfy.QueuePrompt'); }")
+    _queue_from_editor(editor)
     editor.wait("() => Object.keys(window.addTurboLabelRecord.labels).length === 1", timeout=WAIT_S)
     (alone,) = editor.js(STOP_LABELS).values()
     assert LAST_RUN.match(alone[0]) and alone[1] is None, alone
