@@ -177,7 +177,9 @@ def test_several_seeds_in_one_engine_batch_each_equal_their_lone_run(loaded, eng
     for seed, got in zip(seeds, latents, strict=True):
         alone = sampling.sample_latent(model, positive, latent, seed, 2, 1.0, "trailing", "euler_ancestral", 1.0)
         assert_fp32_close(got, alone)  # another batch size takes other kernels: equal up to fp32 rounding
-    assert torch.equal(latents[0][1], latents[2][0])  # one seed, one noise, one batch: the same bits
+    # One seed, one noise, one batch, but rows 1 and 4 of it: torch's CPU GEMM splits a 6-row matmul over
+    # threads by row position (seen on 2 threads), so equal only up to fp32 rounding.
+    assert_fp32_close(latents[0][1], latents[2][0])
     assert host_sampler_runs == []
     _, off_reason = sampling.sample_latents_together(loaded[family]["off"][0], [positive] * 3, latent, seeds, 2,
                                                      1.0, "trailing", "euler_ancestral", 1.0)
