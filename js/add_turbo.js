@@ -388,23 +388,32 @@ async function onExecutionEnd({ detail }) {
   continueStream();
 }
 
-// The sampler's note on queued prompts sampled together (queue_batch), short enough for a label.
-function shortNote(message) {
-  const together = message.match(/^sampled with (\d+) queued prompt/);
-  if (together) return `${Number(together[1]) + 1} prompts in one UNet call`;
-  return message.startsWith("sampled ahead") ? "sampled ahead in a queued batch" : message;
+// The sampler's note on queued prompts sampled together (queue_batch), short enough for a label. The node
+// sends it as data ({prompts_together, seeds} or {sampled_ahead}), not as prose to parse.
+function queueBatchNote(batching) {
+  if (batching?.sampled_ahead) return "sampled ahead in a queued batch";
+  return batching?.prompts_together > 1 ? `${batching.prompts_together} prompts in one UNet call` : null;
+}
+
+// The loader's label: its warm-up (compile or engine option) and how long it took, else its message.
+function loaderLabel(shown) {
+  if (typeof shown?.warm_up_s === "number") {
+    const kind = shown.warm_up === "compile" ? "compiled, warm-up" : `${shown.warm_up} warm-up`;
+    return `${kind} ${shown.warm_up_s.toFixed(1)} s`;
+  }
+  return shown?.message ?? "";
 }
 
 function onExecuted({ detail }) {
   const node = nodeByExecutionId(detail?.node);
   if (node && LIVE_NODES.has(node.comfyClass)) node.addTurboBatch = detail?.output?.images?.length || 1;
-  const message = detail?.output?.text?.[0];
-  if (node?.comfyClass === "ADDTurboSample" && typeof message === "string" && message) setNote(node, shortNote(message));
-  // The loader reports its compile warm-up (compile option): show it above the node.
-  if (node?.comfyClass === "ADDTurboLoader" && typeof message === "string") {
-    const warmUp = message.match(/warm-up ([\d.]+ s)/);
-    setLabel(node, warmUp ? `compiled, warm-up ${warmUp[1]}` : message);
+  const shown = detail?.output?.add_turbo?.[0];
+  if (!shown) return;
+  if (node?.comfyClass === "ADDTurboSample") {
+    const note = queueBatchNote(shown);
+    if (note) setNote(node, note);
   }
+  if (node?.comfyClass === "ADDTurboLoader") setLabel(node, loaderLabel(shown));
 }
 
 app.registerExtension({

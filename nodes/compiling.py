@@ -1,18 +1,17 @@
-"""torch.compile for the loader's `compile` option: modes, the compiled UNet module, the warm-up.
+"""torch.compile for the loader's `compile` option: modes, the compiled UNet module.
 
 None of it changes what is computed: compiled kernels reorder the same arithmetic (fp rounding may
-differ). How the compiled modules are put into the host's models is in host_api.py; where the
-compiled graphs are kept between starts is in compile_cache.py.
+differ). How the compiled modules are put into the host's models is in host_api/; where the
+compiled graphs are kept between starts is in compile_cache.py; the warm-up is in warm_up.py.
 """
 
 import contextlib
 import contextvars
 import logging
-import time
 
 import torch
 
-from . import compile_cache
+from ..add_turbo.acceleration.cuda_graphs import copied
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +44,6 @@ def check_compile(compile_mode: str, device: torch.device) -> None:
                          "choose 'inductor' or 'off'")
 
 
-def _copies(out):
-    if isinstance(out, torch.Tensor):
-        return out.clone()
-    return type(out)(_copies(o) for o in out) if isinstance(out, (tuple, list)) else out
-
-
 def compile_fn(fn, compile_mode: str, freeze: bool = False):
     """torch.compile `fn`; with CUDA graphs, each call is one graph replay that returns copies.
 
@@ -74,7 +67,7 @@ def compile_fn(fn, compile_mode: str, freeze: bool = False):
 
     def replay(*args, **kwargs):
         torch.compiler.cudagraph_mark_step_begin()
-        return _copies(compiled(*args, **kwargs))
+        return copied(compiled(*args, **kwargs))
 
     return replay
 
@@ -121,41 +114,3 @@ def unmutated_input(forward):
         return forward(x.clone(), *args, **kwargs)
 
     return encoder
-
-
-def warm_up(model, clip, vae, compile_mode: str, cache=None, size: int = 512) -> str:
-    """Compile (and record CUDA graphs) now, at size x size batch 1, so the first image is not slow.
-
-    With an on-disk `cache` (compile_cache.CompileCache) torch loads the graphs a previous start
-    compiled instead of compiling them; torch's cache counters tell which happened. Returns the
-    short message the loader node shows.
-    """
-    from .sampling import sample_latent
-
-    before = compile_cache.counts()
-    start = time.perf_counter()
-    latent = torch.zeros([1, model.model.latent_format.latent_channels, size // 8, size // 8])
-    runs = 3 if COMPILE_MODES[compile_mode] == "reduce-overhead" else 1  # warm-up, record, replay
-    # In inference mode, as the host's executor runs every node: a graph traced with autograd on is
-    # another graph (forward and backward, about 3x the compile time) that the first image would not use.
-    with torch.inference_mode():
-        positive = clip.encode_from_tokens_scheduled(clip.tokenize(""))
-        for _ in range(runs):
-            vae.decode(sample_latent(model, positive, latent, 0, 1, 1.0, "trailing", "euler", 0.0))
-    seconds = time.perf_counter() - start
-    after = compile_cache.counts()
-    graphs, hits, misses, bypasses = (after[k] - before[k] for k in ("graphs", "hit", "miss", "bypass"))
-    if bypasses:
-        log.warning("ADD Turbo: torch did not cache %d of the compiled graphs (TORCH_LOGS=inductor names the "
-                    "reason): they compile again at every start", bypasses)
-    if not graphs:  # nothing traced: torch ran graphs this process compiled for an earlier load
-        done = f"reused compiled graphs ({compile_mode})"
-    elif hits and not misses and not bypasses:
-        done = f"loaded compiled graphs ({compile_mode})"
-    else:
-        kept = ", not cached" if bypasses or cache is None or not misses else ""
-        done = f"compiled ({compile_mode}){kept}"
-    message = f"{done}, {size}x{size} warm-up {seconds:.1f} s"
-    log.info("ADD Turbo: %s (graphs traced %d, loaded %d, compiled %d, uncacheable %d; cache %s)", message, graphs,
-             hits, misses, bypasses, cache.where() if cache is not None else "off")
-    return message

@@ -1,6 +1,6 @@
 """ADDTurboLoader: a turbo checkpoint (single file or diffusers folder) -> MODEL, CLIP, VAE.
 
-Everything is built with the host's own classes (through host_api.py); the core package decides the
+Everything is built with the host's own classes (through host_api/); the core package decides the
 family and the sizes.
 """
 
@@ -17,9 +17,9 @@ from ..add_turbo import checkpoints, diffusers_folders
 from ..add_turbo.checkpoints import CheckpointError
 from . import compile_cache, compiling, host_api, precision, weights
 from .convert import folder_state_dict
-from .engine import ENGINE_MODES, GraphedCall, set_engine
+from .engine import ENGINE_MODES, set_engine
 from .engine import status as engine_status
-from .engine import warm_up as engine_warm_up
+from .warm_up import compile_warm_up, engine_warm_up
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full", att
     Returns:
         (ModelPatcher, CLIP, VAE, CheckpointInfo). The CLIP caches the prompts it encoded; with
         compile_mode other than "off" the UNet is compiled at its first sampling run; with engine
-        "on" the MODEL (and its clones) samples through nodes/engine.py where it can.
+        "on" the MODEL (and its clones) samples through nodes/engine/ where it can.
     Raises:
         CheckpointError: the file or folder is broken or not a turbo model (message names the fix).
     """
@@ -140,8 +140,8 @@ def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full", att
     set_engine(patcher, engine)
     if engine == "on":
         host_api.fuse_taesd_blocks(vae)
-        host_api.graph_taesd_decode(vae, GraphedCall)
-        host_api.graph_text_encoders(clip, GraphedCall)
+        host_api.graph_taesd_decode(vae)
+        host_api.graph_text_encoders(clip)
     options = (weight_dtype, decoder, attention, channels_last, compile_mode, engine)
     host_api.register_reload(reload_patchers, (path, *options), patcher, clip, vae)
     log.info("ADD Turbo: loaded %s as %s (UNet %s, decoder %s)", path, info.family_name, unet_dtype, decoder)
@@ -173,8 +173,8 @@ class ADDTurboLoader(io.ComfyNode):
                                        "'[diffusers] ' snapshot folder from models/diffusers."),
                 io.Combo.Input("weight_dtype", options=list(precision.WEIGHT_DTYPES), default="auto", optional=True,
                                tooltip="Precision. auto: fp32 on CPU (exact), the host's choice on GPU. fast: the "
-                                       "fastest for this machine: bf16 on a CPU with AMX units (about 2x faster, "
-                                       "slightly different images), fp32 on other CPUs (bf16 computes slower there), "
+                                       "fastest for this machine: bf16 on a CPU with AMX units (slightly different "
+                                       "images), fp32 on other CPUs (bf16 computes slower there), "
                                        "the host's choice on GPU. bf16 on CPU computes the UNet, VAE and text "
                                        "encoder in bf16. fp16 picks the snapshot's fp16 variant. fp8_e4m3fn: "
                                        "UNet weights in fp8 (a quarter of fp32's memory, slightly different "
@@ -190,16 +190,15 @@ class ADDTurboLoader(io.ComfyNode):
                                        "ComfyUI picked (on CPU its memory-dependent sub-quadratic attention)."),
                 io.Boolean.Input("channels_last", default=True, optional=True,
                                  tooltip="Store the UNet and VAE conv weights channels-last (NHWC), the layout fast "
-                                         "convolution kernels prefer: on CPU in fp32 the UNet step and the VAE decode "
-                                         "run about 30 % faster. Same arithmetic in another order (images within "
-                                         "0.01/255). Off: the host's layout."),
+                                         "convolution kernels prefer: faster on CPU in fp32. Same arithmetic in another "
+                                         "order (images within a rounding step). Off: the host's layout."),
                 io.Combo.Input("compile", options=list(compiling.COMPILE_MODES), default="off", optional=True,
                                tooltip="torch.compile the UNet and the text encoder layers. The loader runs a "
                                        "512x512 warm-up and reports its time; another image size or batch compiles "
                                        "once more on its first run. Compiled graphs are kept on disk (user/__cache/"
                                        "add_turbo_compile, or ADD_TURBO_COMPILE_CACHE), per checkpoint and options: "
                                        "the next start loads them instead of generating code again (it still traces the "
-                                       "model: full-size SD-Turbo on a 2-core CPU 45 s instead of 150 s). "
+                                       "model, so a second start takes a fraction of the first). "
                                        "'+ cuda graphs' replays each UNet call as one CUDA graph (GPU only)."),
                 io.Combo.Input("engine", options=list(ENGINE_MODES), default="off", optional=True,
                                tooltip="on: sample without the host's per-step machinery (conditioning copies, "
@@ -232,9 +231,8 @@ class ADDTurboLoader(io.ComfyNode):
         if dtype_note:
             log.info("ADD Turbo: %s", dtype_note)
         options = (weight_dtype, decoder, attention, channels_last, compile, engine)
-        if compile == "off" and engine == "off":
-            model, clip, vae, _ = load_turbo(path, *options)
-            return io.NodeOutput(model, clip, vae, ui={"text": ["; ".join(messages)]} if messages else None)
+        # What the editor shows above the node, as data: the warm-up's kind and seconds (None: none ran).
+        shown = {"warm_up": None, "warm_up_s": None}
         if compile == "off":
             model, clip, vae, _ = load_turbo(path, *options)
         else:
@@ -243,10 +241,20 @@ class ADDTurboLoader(io.ComfyNode):
                                                         "channels_last": channels_last, "compile": compile})
             with compiling.caching_into(cache):
                 model, clip, vae, _ = load_turbo(path, *options)
-            messages.append(compiling.warm_up(model, clip, vae, compile, cache))
+            message, shown["warm_up_s"] = compile_warm_up(model, clip, vae, compile, cache)
+            messages.append(message)
+            shown["warm_up"] = "compile"
         if engine == "on":  # after a compile warm-up (which sampled through the engine) its status says enough
-            messages.append(engine_status(model) if compile != "off" else engine_warm_up(model, clip, vae))
+            if compile == "off":
+                message, shown["warm_up_s"] = engine_warm_up(model, clip, vae)
+                messages.append(message)
+                shown["warm_up"] = "engine"
+            else:
+                messages.append(engine_status(model))
             if vae.fused_blocks is not None and mm.get_torch_device().type == "cpu":
                 messages.append("TAESD blocks run as fused oneDNN convolutions (ReLU and skip add inside)")
-        return io.NodeOutput(model, clip, vae, ui={"text": ["; ".join(messages)]})
+        if not messages:
+            return io.NodeOutput(model, clip, vae)
+        text = "; ".join(messages)
+        return io.NodeOutput(model, clip, vae, ui={"text": [text], "add_turbo": [{**shown, "message": text}]})
 

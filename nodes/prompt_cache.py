@@ -1,6 +1,6 @@
 """An LRU of encoded prompts, keyed exactly: the same tokens, weights and text-encoder state give a hit.
 
-Plain Python and torch; the host's CLIP subclass that uses it lives in host_api.py.
+Plain Python and torch; the host's CLIP subclass that uses it lives in host_api/text.py.
 """
 
 import collections

@@ -4,7 +4,8 @@ import torch
 from comfy_api.latest import io
 
 from ..add_turbo import refine
-from .sampling import SEED_MAX, sample_latent, sampler_inputs, schedule_inputs
+from .latent_sampling import sample_latent
+from .sampling import SEED_MAX, sampler_inputs, schedule_inputs
 
 FEATHER_PX = 8
 

@@ -28,7 +28,7 @@ def encode(text, clip=("1", 1)):
     return {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": list(clip)}}
 
 
-def sample(steps=1, seed=0, latent=("3", 0), strength=1.0):
+def sample_node(steps=1, seed=0, latent=("3", 0), strength=1.0):
     return {"class_type": "ADDTurboSample", "inputs": {
         "model": ["1", 0], "positive": ["2", 0], "latent_image": list(latent), "seed": seed, "steps": steps,
         "strength": strength, "spacing": "trailing", "sampler": "euler_ancestral", "eta": 1.0}}
@@ -63,7 +63,7 @@ ROW = {"1": [0, 0], "2": [340, 0], "3": [340, 260]}
 WORKFLOWS = {
     "SD-Turbo - text to image": (
         "SD-Turbo text to image in 1 step at 512x512: the one-node ADD Turbo Sample, no negative prompt, no CFG.",
-        {"1": loader(SD_TURBO), "2": encode(PROMPT), "3": empty(), "4": sample(), "5": decode(("4", 0)),
+        {"1": loader(SD_TURBO), "2": encode(PROMPT), "3": empty(), "4": sample_node(), "5": decode(("4", 0)),
          "6": save(("5", 0), "add_turbo_txt2img")},
         {**ROW, "4": [700, 0], "5": [1060, 0], "6": [1300, 0]}),
     "SDXL-Turbo - 4 steps with SamplerCustom": (
@@ -85,7 +85,7 @@ WORKFLOWS = {
         {**ROW, "3": [0, 300], "4": [700, 0], "5": [1060, 0]}),
     "SD-Turbo - draft and refine": (
         "Draft and refine: a 1-step 512 px draft, upscaled 1.5x, then refined in 2 steps at the larger size.",
-        {"1": loader(SD_TURBO), "2": encode(PROMPT), "3": empty(), "4": sample(), "5": decode(("4", 0)),
+        {"1": loader(SD_TURBO), "2": encode(PROMPT), "3": empty(), "4": sample_node(), "5": decode(("4", 0)),
          "6": {"class_type": "ImageScaleBy", "inputs": {"image": ["5", 0], "upscale_method": "bicubic", "scale_by": 1.5}},
          "7": refine(("6", 0), steps=2, strength=0.4), "8": save(("7", 0), "add_turbo_refined"),
          "9": {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}}},

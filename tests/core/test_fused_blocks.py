@@ -1,10 +1,10 @@
-"""Residual blocks through oneDNN's fused convolutions (add_turbo.fused_blocks): never a different result
+"""Residual blocks through oneDNN's fused convolutions (add_turbo.acceleration.fused_blocks): never a different result
 than the op-by-op block, fused only for the input shapes where it is the same."""
 
 import pytest
 import torch
 
-from add_turbo import fused_blocks
+from add_turbo.acceleration import fused_blocks
 
 pytestmark = pytest.mark.skipif(not fused_blocks.available(), reason="this PyTorch build has no oneDNN")
 

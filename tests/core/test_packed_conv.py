@@ -1,10 +1,10 @@
-"""Convolutions over packed oneDNN weights (add_turbo.packed_conv): never a different result than the
+"""Convolutions over packed oneDNN weights (add_turbo.acceleration.packed_conv): never a different result than the
 plain convolution, packed only where it is the same, rebuilt when the layer's weights change."""
 
 import pytest
 import torch
 
-from add_turbo import packed_conv
+from add_turbo.acceleration import packed_conv
 
 pytestmark = pytest.mark.skipif(not packed_conv.available(), reason="this PyTorch build has no oneDNN")
 

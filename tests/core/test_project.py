@@ -112,3 +112,77 @@ def test_workflow_conversion_defaults_missing_optional_widgets_and_refuses_missi
 
     with pytest.raises(WorkflowError, match="no value for widget 'a'"):
         ui_to_api({"nodes": [node], "links": []}, info)
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported_modules(path: Path, known: set[str]) -> set[str]:
+    """The modules of `known` that `path` imports, at any depth of its code (function-level imports
+    count), each with the packages it must initialise on the way (those not enclosing `path` itself)."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    targets = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(p for p in (base, node.module) if p)
+            targets |= {f"{module}.{alias.name}" if f"{module}.{alias.name}" in known else module
+                        for alias in node.names}
+    enclosing = {name.rsplit(".", k)[0] for k in range(name.count(".") + 1)}
+    found = set()
+    for target in targets & known:
+        parts = target.split(".")
+        found |= {".".join(parts[:k]) for k in range(1, len(parts) + 1)} - enclosing
+    return found & known
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module, or of one that imports itself (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1 or v in graph[v]:
+                found.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_module_in_nodes_takes_part_in_an_import_circle():
+    """Function-level imports included: a circle held together by a late import is still a circle."""
+    paths = sorted((REPO / "nodes").rglob("*.py"))
+    known = {_module_name(p) for p in paths}
+    graph = {_module_name(p): _imported_modules(p, known) for p in paths}
+    assert graph["nodes.sampling"] >= {"nodes.latent_sampling", "nodes.queue_batching"}  # the scan sees imports
+    assert "nodes.engine" in graph["nodes.latent_sampling"]
+    assert not _circles(graph)
+    assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # the check can fail
+
+
+def test_modules_in_nodes_stay_short():
+    for path in (REPO / "nodes").rglob("*.py"):
+        assert len(path.read_text().splitlines()) <= 400, f"{path}: split it by concern"

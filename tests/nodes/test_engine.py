@@ -27,6 +27,12 @@ def engine(comfy_host):
     return next(m for key, m in sys.modules.items() if key.endswith("nodes.engine") and hasattr(m, "fallback_reason"))
 
 
+@pytest.fixture(scope="module")
+def cuda_graphs(engine):
+    """The pack's add_turbo.acceleration.cuda_graphs, as the host imported it (through the engine)."""
+    return engine.direct.cuda_graphs
+
+
 @pytest.fixture(scope="module", autouse=True)
 def executor_mode(comfy_host):
     """Run the nodes the way the host's executor does, under torch.inference_mode()."""
@@ -164,7 +170,7 @@ def test_batches_and_sdxl_size_conditioning_match(loaded, host_sampler_runs):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_several_seeds_in_one_engine_batch_each_equal_their_lone_run(loaded, engine, host_sampler_runs, family):
     """ADD Turbo Sample's queue_batch: the latents of several queued prompts from one UNet call per step."""
-    sampling = next(m for k, m in sys.modules.items() if k.endswith("nodes.sampling") and hasattr(m, "sample_latent"))
+    sampling = next(m for k, m in sys.modules.items() if k.endswith("nodes.latent_sampling"))
     model, clip = loaded[family]["on"][:2]
     positive = g.encode(clip, PROMPT)
     latent = g.empty_latent(SIZE, batch=2)["samples"]
@@ -195,7 +201,7 @@ def test_several_seeds_in_one_engine_batch_each_equal_their_lone_run(loaded, eng
 def test_several_prompts_in_one_engine_batch_each_equal_their_lone_run(loaded, engine, host_sampler_runs, family):
     """queue_batch with other prompt texts: each group of rows gets its own prompt (and SDXL its own pooled
     output), so each latent is its lone run's up to fp32 rounding."""
-    sampling = next(m for k, m in sys.modules.items() if k.endswith("nodes.sampling") and hasattr(m, "sample_latent"))
+    sampling = next(m for k, m in sys.modules.items() if k.endswith("nodes.latent_sampling"))
     model, clip = loaded[family]["on"][:2]
     positives = [g.encode(clip, text) for text in (PROMPT, "a red fox", "a city at night, neon")]
     latent = g.empty_latent(SIZE, width=2 * SIZE)["samples"]
@@ -526,7 +532,7 @@ class EagerGraph:
 
 
 @pytest.fixture
-def eager_graphs(engine, monkeypatch):
+def eager_graphs(engine, cuda_graphs, monkeypatch):
     """The engine records 'graphs' on the CPU: every obstacle to recording lifted, recording eager."""
     recorded = []
 
@@ -535,8 +541,8 @@ def eager_graphs(engine, monkeypatch):
         recorded.append(graph)
         return graph, graph.out
 
-    monkeypatch.setattr(engine, "record", eager_record)
-    monkeypatch.setattr(engine, "capture_obstacle", lambda patcher, unet: None)
+    monkeypatch.setattr(cuda_graphs, "record", eager_record)
+    monkeypatch.setattr(engine.gates, "capture_obstacle", lambda patcher, unet: None)
     return recorded
 
 
@@ -596,7 +602,8 @@ def test_a_graph_reads_only_buffers_it_owns(tiny_models, loaded, engine, eager_g
     assert engine.state_of(engine_model).runs["replayed"] >= 2
 
 
-def test_graphs_are_dropped_when_the_weights_move_and_kept_to_a_few(tiny_models, loaded, engine, eager_graphs):
+def test_graphs_are_dropped_when_the_weights_move_and_kept_to_a_few(tiny_models, loaded, engine, cuda_graphs,
+                                                                    eager_graphs):
     engine_model, clip, _ = g.load(tiny_models["sd_turbo"].single_file.name, engine="on")
     normal_model = loaded["sd_turbo"]["off"][0]
     positive = g.encode(clip, PROMPT)
@@ -611,12 +618,12 @@ def test_graphs_are_dropped_when_the_weights_move_and_kept_to_a_few(tiny_models,
     assert_fp32_close(_sample(engine_model, positive), want)
     assert state.runs["recorded"] == 3 and len(state.graphs) == 1
 
-    for steps in range(1, engine.GRAPHS_PER_MODEL + 3):
+    for steps in range(1, cuda_graphs.GRAPHS_KEPT + 3):
         _sample(engine_model, positive, steps=steps)
-    assert len(state.graphs) == engine.GRAPHS_PER_MODEL
+    assert len(state.graphs) == cuda_graphs.GRAPHS_KEPT
 
 
-def test_a_recording_that_fails_leaves_the_direct_path_for_good(tiny_models, loaded, engine, monkeypatch):
+def test_a_recording_that_fails_leaves_the_direct_path_for_good(tiny_models, loaded, engine, cuda_graphs, monkeypatch):
     """Should some host's UNet not be recordable, the run (and every later one) takes the direct path."""
     attempts = []
 
@@ -624,8 +631,8 @@ def test_a_recording_that_fails_leaves_the_direct_path_for_good(tiny_models, loa
         attempts.append(device)
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    monkeypatch.setattr(engine, "record", failing_record)
-    monkeypatch.setattr(engine, "capture_obstacle", lambda patcher, unet: None)
+    monkeypatch.setattr(cuda_graphs, "record", failing_record)
+    monkeypatch.setattr(engine.gates, "capture_obstacle", lambda patcher, unet: None)
     engine_model, clip, _, message = g.load_with_message(tiny_models["sd_turbo"].single_file.name, engine="on")
     assert message.startswith("engine: direct path (recording a CUDA graph failed: operation not permitted")
     positive = g.encode(clip, PROMPT)
@@ -639,7 +646,7 @@ def host_api(comfy_host):
     return next(m for key, m in sys.modules.items() if key.endswith("nodes.host_api") and hasattr(m, "HOST_SYMBOLS"))
 
 
-def test_taesd_decode_replays_a_graph_per_latent_size_with_the_hosts_bits(tiny_models, engine, host_api,
+def test_taesd_decode_replays_a_graph_per_latent_size_with_the_hosts_bits(tiny_models, engine, cuda_graphs, host_api,
                                                                            eager_graphs, monkeypatch):
     """With the engine on, TAESD's decode is one recorded graph per latent size; its input buffer takes each
     decode's latent, and a move of the weights, a failed recording or another extension's decode are
@@ -648,7 +655,7 @@ def test_taesd_decode_replays_a_graph_per_latent_size_with_the_hosts_bits(tiny_m
     plain_vae = g.load(name, decoder="taesd")[2]
     vae = g.load(name, decoder="taesd", engine="on")[2]
     graph = vae.decode_graph
-    assert isinstance(graph, engine.GraphedCall) and plain_vae.decode_graph is None
+    assert isinstance(graph, cuda_graphs.GraphedCall) and plain_vae.decode_graph is None
     obstacle = host_api.taesd_graph_obstacle
     assert obstacle(vae) == "no CUDA graphs on cpu"
     shapes = [(1, 4, 8, 8)] * 3 + [(2, 4, 8, 12)]
@@ -657,7 +664,7 @@ def test_taesd_decode_replays_a_graph_per_latent_size_with_the_hosts_bits(tiny_m
     g.decode(vae, latents[0])
     assert sum(graph.runs.values()) == 0  # on CPU the host's decode ran, no graph
 
-    monkeypatch.setattr(host_api, "taesd_graph_obstacle", lambda vae: None)
+    monkeypatch.setattr(host_api.vae, "taesd_graph_obstacle", lambda vae: None)
     for latent in latents:
         assert torch.equal(g.decode(vae, latent), g.decode(plain_vae, latent))
     assert graph.runs == {"recorded": 2, "replayed": 4}  # two sizes; each decode replays
@@ -683,8 +690,8 @@ def test_taesd_decode_replays_a_graph_per_latent_size_with_the_hosts_bits(tiny_m
     vae.patcher.add_object_patch("taesd_decoder", torch.nn.Identity())
     assert obstacle(vae) == "the VAE carries patches"
 
-    monkeypatch.setattr(host_api, "taesd_graph_obstacle", lambda vae: None)
-    monkeypatch.setattr(engine, "record", lambda body, device: (_ for _ in ()).throw(RuntimeError("not capturable")))
+    monkeypatch.setattr(host_api.vae, "taesd_graph_obstacle", lambda vae: None)
+    monkeypatch.setattr(cuda_graphs, "record", lambda body, device: (_ for _ in ()).throw(RuntimeError("not capturable")))
     fresh = g.load(name, decoder="taesd", engine="on")[2]
     assert torch.equal(g.decode(fresh, latents[3]), g.decode(plain_vae, latents[3]))
     assert fresh.decode_graph.failure == "recording a CUDA graph failed: not capturable"
@@ -707,7 +714,7 @@ def test_text_encoders_replay_a_graph_per_shape_with_the_hosts_bits(tiny_models,
     g.encode(clip, "warm")
     assert all(sum(graph.runs.values()) == 0 for graph in graphs.values())  # on CPU: the host's encoders
 
-    monkeypatch.setattr(host_api, "text_graph_obstacle", lambda clip: None)
+    monkeypatch.setattr(host_api.text, "text_graph_obstacle", lambda clip: None)
     prompts = ["a red fox", "a lighthouse at dusk, oil painting", "a red fox"]
     for prompt in prompts:
         got, want = g.encode(clip, prompt), g.encode(plain_clip, prompt)
@@ -743,20 +750,20 @@ def test_text_graph_obstacles_are_named(tiny_models, host_api, monkeypatch):
     assert host_api.text_graph_obstacle(clip) == "the text encoder has hooks"
 
 
-def test_the_cuda_warm_up_note_says_how_the_graphs_went(engine):
+def test_the_cuda_warm_up_note_says_how_the_graphs_went(engine, cuda_graphs):
     module = torch.nn.Linear(2, 2)
-    recorded, failed = engine.GraphedCall(module, module, "a"), engine.GraphedCall(module, module, "b")
+    recorded, failed = cuda_graphs.GraphedCall(module, module, "a"), cuda_graphs.GraphedCall(module, module, "b")
     recorded.runs["recorded"] = 1
-    failed.failure = "recording a CUDA graph failed: not capturable"
-    assert engine._graph_note("text encoders", []) == ""
-    assert engine._graph_note("text encoders", [recorded]) == "; text encoders: CUDA graphs per input size"
-    assert engine._graph_note("TAESD decode", [recorded, failed]) == \
+    failed.cache.failure = "recording a CUDA graph failed: not capturable"
+    assert engine.graph_note("text encoders", []) == ""
+    assert engine.graph_note("text encoders", [recorded]) == "; text encoders: CUDA graphs per input size"
+    assert engine.graph_note("TAESD decode", [recorded, failed]) == \
         "; TAESD decode: the host's (recording a CUDA graph failed: not capturable)"
 
 
-def test_the_weight_index_sees_every_way_the_host_moves_or_replaces_weights(engine):
+def test_the_weight_index_sees_every_way_the_host_moves_or_replaces_weights(cuda_graphs):
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
-    index = engine.WeightIndex(model)
+    index = cuda_graphs.WeightIndex(model)
     assert len(index.tensors()) == len(list(model.parameters())) + len(list(model.buffers()))
     first = index.fingerprint()
     assert index.fingerprint() == first  # nothing moved

@@ -1,6 +1,6 @@
 """The host symbols the pack builds on exist, with the parameters it relies on, on whichever host runs.
 
-Every subclass, wrapper and patch of host code lives in nodes/host_api.py; its HOST_SYMBOLS and
+Every subclass, wrapper and patch of host code lives in nodes/host_api/; the HOST_SYMBOLS and
 OVERRIDES lists are checked here, so a host change shows up as one named failure, not as a
 TypeError deep in a user's graph.
 """

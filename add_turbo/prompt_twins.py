@@ -4,7 +4,7 @@ Queueing a graph N times with a randomised seed (the editor's batch count) gives
 differ only in the sampler's seed; a script queueing one graph with other prompt texts gives prompts
 that differ in the text of the node feeding the sampler. The first to reach its sampler can sample
 all of them as one batch; the others then find their latents here when their turn comes. Plain Python over API-format
-prompts ({node id: {"class_type", "inputs"}}); the host's queue is read in nodes/host_api.py.
+prompts ({node id: {"class_type", "inputs"}}); the host's queue is read in nodes/host_api/prompt_queue.py.
 """
 
 from __future__ import annotations
