@@ -12,7 +12,8 @@ import io
 import pstats
 import time
 
-from bench import gpu
+from bench import diffusers_runners, gpu_plan, harness, pack_runners
+from devkit import host
 
 
 def main() -> int:
@@ -25,19 +26,19 @@ def main() -> int:
 
     import torch
 
-    gpu.host.init_in_process(flags=gpu.host.GPU_HOST_FLAGS)
-    ckpt, pipe = gpu.build_models(args.family, gpu.host.HOME / "bench")
+    host.init_in_process(flags=host.GPU_HOST_FLAGS)
+    ckpt, pipe = harness.build_models(args.family, host.HOME / "bench")
     for variant in args.variants.split(","):
         if variant.startswith("diffusers"):
-            run, info = gpu.diffusers_runner(variant, args.family, pipe, set())
+            run, info = diffusers_runners.diffusers_runner(variant, args.family, pipe, set())
         else:
-            run, info = gpu.comfy_runner(variant, args.family, ckpt)
+            run, info = pack_runners.comfy_runner(variant, args.family, ckpt)
         print(f"\n===== {variant} {info}", flush=True)
         torch._dynamo.utils.counters.clear()
         times = []
         for i in range(args.images):
             t = time.perf_counter()
-            stages = run(f"{gpu.PROMPT} {i}")
+            stages = run(f"{gpu_plan.PROMPT} {i}")
             times.append((time.perf_counter() - t) * 1e3)
             print(f"image {i}: {times[-1]:.1f} ms " + " ".join(f"{k} {v * 1e3:.1f}" for k, v in stages.times.items()),
                   flush=True)
@@ -45,7 +46,7 @@ def main() -> int:
         profile = cProfile.Profile()
         profile.enable()
         for i in range(args.images):
-            run(f"{gpu.PROMPT} p{i}")
+            run(f"{gpu_plan.PROMPT} p{i}")
         profile.disable()
         for key in ("tottime", "cumulative"):
             out = io.StringIO()

@@ -16,18 +16,12 @@ import sys
 import time
 from pathlib import Path
 
+from bench import metrics, model_links
 from devkit import host
 
 REPO = Path(__file__).resolve().parents[1]
 
 CKPT_NAME = "bench_sd21_full_random.safetensors"
-
-
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(field)
 
 
 def child(which: str) -> None:
@@ -37,27 +31,28 @@ def child(which: str) -> None:
 
     import nodes
 
-    before = _rss_kib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (peak RSS) to the current RSS
+    before = metrics.status_kib("VmRSS")
+    metrics.reset_peak_rss()  # VmHWM (peak RSS) starts again from the current RSS
     start = time.perf_counter()
     if which == "stock":
         model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint(CKPT_NAME)[:3]
     else:
         model, clip, vae = nodes.NODE_CLASS_MAPPINGS["ADDTurboLoader"].execute(ckpt_name=CKPT_NAME).result
     seconds = time.perf_counter() - start
-    peak = _rss_kib("VmHWM")
+    peak = metrics.status_kib("VmHWM")
     modules = [model.model, clip.cond_stage_model, vae.first_stage_model]
     # Memory-mapped weights are paged in on first use: touch every tensor and take the peak again.
     with torch.no_grad():
         for m in modules:
             for t in [*m.parameters(), *m.buffers()]:
                 t.float().sum()
-    peak_used = _rss_kib("VmHWM")
+    peak_used = metrics.status_kib("VmHWM")
     size = sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()])
     print(json.dumps({"loader": which, "seconds": seconds, "rss_before_gib": before / 2**20,
                       "peak_gib": peak / 2**20, "peak_over_before_gib": (peak - before) / 2**20,
                       "peak_after_use_over_before_gib": (peak_used - before) / 2**20,
-                      "model_gib": size / 2**30, "dtypes": sorted({str(p.dtype) for m in modules for p in m.parameters()}),
+                      "model_gib": size / 2**30,
+                      "dtypes": sorted({str(p.dtype) for m in modules for p in m.parameters()}),
                       "torch": torch.__version__}))
 
 
@@ -72,11 +67,9 @@ def main() -> int:
     sys.path.insert(0, str(host.COMFY_DIR))
     from devkit import turbo_models
 
-    target = host.BASE_DIR / "models" / "checkpoints" / CKPT_NAME
     t0 = time.perf_counter()
     turbo_models.build_full_size_sd21(host.HOME / "bench" / CKPT_NAME)
-    if not target.exists():
-        os.symlink(host.HOME / "bench" / CKPT_NAME, target)
+    target = model_links.link_model(host.HOME / "bench" / CKPT_NAME, "checkpoints")
     print(f"checkpoint: {target} ({target.stat().st_size / 2**30:.2f} GiB, ready in {time.perf_counter() - t0:.0f} s)")
     results = []
     for _ in range(args.rounds):

@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench import metrics, model_links
 from devkit import graphs, host
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,19 +44,6 @@ VARIANTS = {
 }
 
 
-def _peak_gib() -> float:
-    """The process's peak resident memory since the last _reset_peak (VmHWM)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 2**20
-    return float("nan")
-
-
-def _reset_peak() -> None:
-    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM to the current RSS)."""
-    Path("/proc/self/clear_refs").write_text("5")
-
-
 class Timer:
     """Seconds and peak RSS (GiB) per stage of one run."""
 
@@ -64,13 +52,13 @@ class Timer:
 
     @contextlib.contextmanager
     def stage(self, name):
-        _reset_peak()
+        metrics.reset_peak_rss()
         start = time.perf_counter()
         try:
             yield
         finally:
             self.stages[name] = self.stages.get(name, 0.0) + time.perf_counter() - start
-            self.peaks[name] = max(self.peaks.get(name, 0.0), _peak_gib())
+            self.peaks[name] = max(self.peaks.get(name, 0.0), metrics.peak_rss_gib())
 
 
 def _comfy_variant(variant, size, batch):
@@ -148,7 +136,7 @@ def child(variant, size, batch, out_image):
     else:
         host.init_in_process()
         run = _comfy_variant(variant, size, batch)
-    load_peak = _peak_gib()
+    load_peak = metrics.peak_rss_gib()
     run(Timer(), PROMPT + ", warm-up")  # another prompt: the timed run encodes its prompt (no cache hit)
     timer = Timer()
     start = time.perf_counter()
@@ -170,21 +158,8 @@ def _ensure_models():
 
     bench = host.HOME / "bench"
     turbo_models.build_full_size_sd21(bench / CKPT, bench / "sd21_full_random_diffusers")
-    link = host.BASE_DIR / "models" / "checkpoints" / CKPT
-    if not link.exists():
-        os.symlink(bench / CKPT, link)
-    taesd = turbo_models.build_taesd()
-    for src in taesd.glob("*.safetensors"):
-        dst = host.BASE_DIR / "models" / "vae_approx" / src.name
-        if not dst.exists():
-            os.symlink(src, dst)
-
-
-def _psnr(a, b) -> float:
-    import torch
-
-    mse = torch.mean((a - b) ** 2).item()
-    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1.0 / mse)).item()
+    model_links.link_model(bench / CKPT, "checkpoints")
+    model_links.link_taesd()
 
 
 def main() -> int:
@@ -222,7 +197,8 @@ def main() -> int:
                 if image:
                     images[(variant, size)] = image
                 print(f"round {round_index + 1} {variant:20s} {size:4d}px x{batch}: {row['total']:7.2f} s "
-                      f"(text {row.get('text', 0):.2f}, unet {row.get('unet', 0):.2f}, decode {row.get('decode', 0):.2f})"
+                      f"(text {row.get('text', 0):.2f}, unet {row.get('unet', 0):.2f}, "
+                      f"decode {row.get('decode', 0):.2f})"
                       f" peak {row['peak_gib']:.2f} GiB {row.get('engine') or ''}"
                       f"{' | loader: ' + row['loader'] if 'compile' in variant else ''}", flush=True)
     report = _report(results, images, variants, configs)
@@ -245,12 +221,13 @@ def _report(results, images, variants, configs) -> str:
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
              f"AMX {'yes' if getattr(torch.cpu, '_is_amx_tile_supported', lambda: False)() else 'no'}, "
              f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}. Median (min) seconds of the rounds; "
-             "each run after an untimed warm-up in its own process; ComfyUI variants under torch.inference_mode, as its "
-             "executor runs nodes. Peak RSS is the whole process's (models included): the largest of the peaks at load "
-             "and in each stage of the timed run, which are listed after it.\n"]
+             "each run after an untimed warm-up in its own process; ComfyUI variants under torch.inference_mode, "
+             "as its executor runs nodes. Peak RSS is the whole process's (models included): the largest of the "
+             "peaks at load and in each stage of the timed run, which are listed after it.\n"]
     for size, batch in configs:
         lines += [f"\n## {size}x{size}, batch {batch}\n",
-                  "| variant | end to end | text | UNet | decode | vs stock | peak RSS GiB | at load / text / UNet / decode |",
+                  "| variant | end to end | text | UNet | decode | vs stock | peak RSS GiB "
+                  "| at load / text / UNet / decode |",
                   "|---|---|---|---|---|---|---|---|"]
         rows = {v: [r for r in results if r["variant"] == v and r["size"] == size and r["batch"] == batch
                     and "failed" not in r] for v in variants}
@@ -258,7 +235,8 @@ def _report(results, images, variants, configs) -> str:
         for variant in variants:
             rs = rows[variant]
             if not rs:
-                codes = {r["failed"] for r in results if r["variant"] == variant and r["size"] == size and r["batch"] == batch}
+                codes = {r["failed"] for r in results
+                         if r["variant"] == variant and r["size"] == size and r["batch"] == batch}
                 lines.append(f"| {VARIANTS[variant]} | failed (exit {', '.join(map(str, codes))}; -9 = killed, "
                              "usually out of memory) | | | | | | |")
                 continue
@@ -270,16 +248,16 @@ def _report(results, images, variants, configs) -> str:
     for size, _ in configs:
         if ("stock", size) in images and ("pack_exact", size) in images:
             a, b = torch.load(images[("stock", size)]), torch.load(images[("pack_exact", size)])
-            lines.append(f"\nExact path vs stock at {size}: max |image diff| {(a - b).abs().max().item() * 255:.2f}/255")
+            lines.append(f"\nExact path vs stock at {size}: max |image diff| {metrics.max_abs(a, b) * 255:.2f}/255")
         if ("pack_exact", size) in images and ("pack_fast", size) in images:
             a, b = torch.load(images[("pack_exact", size)]), torch.load(images[("pack_fast", size)])
-            lines.append(f"\nFast path vs exact at {size}: PSNR {_psnr(a, b):.1f} dB (random weights: the TAESD "
+            lines.append(f"\nFast path vs exact at {size}: PSNR {metrics.psnr(a, b):.1f} dB (random weights: the TAESD "
                          "decoder here is untrained, so this says little about real images)")
         if ("pack_fast", size) in images and ("pack_fp8", size) in images:
             a, b = torch.load(images[("pack_fast", size)]), torch.load(images[("pack_fp8", size)])
             lines.append(f"\nfp8 vs fast at {size} (the same TAESD decoder: the difference is the UNet's fp8 "
-                         f"weights): max |image diff| {(a - b).abs().max().item() * 255:.2f}/255, PSNR "
-                         f"{_psnr(a, b):.1f} dB (random weights)")
+                         f"weights): max |image diff| {metrics.max_abs(a, b) * 255:.2f}/255, PSNR "
+                         f"{metrics.psnr(a, b):.1f} dB (random weights)")
     return "\n".join(lines) + "\n"
 
 
