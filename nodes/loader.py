@@ -14,17 +14,26 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..add_turbo import checkpoints, diffusers_folders
+from ..add_turbo.acceleration import openvino_models
 from ..add_turbo.checkpoints import CheckpointError
-from . import compile_cache, compiling, host_api, precision, weights
+from . import compile_cache, compiling, host_api, openvino_cache, precision, weights
 from .convert import folder_state_dict
 from .engine import ENGINE_MODES, set_engine
 from .engine import status as engine_status
-from .warm_up import compile_warm_up, engine_warm_up
+from .warm_up import compile_warm_up, engine_warm_up, openvino_warm_up
 
 log = logging.getLogger(__name__)
 
 DIFFUSERS_TAG = "[diffusers] "
 DECODERS = ("full", "taesd")
+CPU_BACKENDS = ("torch", "openvino")
+OPENVINO_TOOLTIP = (
+    "What runs the UNet, the text encoders and TAESD's decode on a CPU. torch: PyTorch. openvino: Intel's "
+    "OpenVINO runtime, converted once per image size and kept on disk (user/__cache/add_turbo_openvino, or "
+    "ADD_TURBO_OPENVINO_CACHE). weight_dtype picks its precision: fast = bf16 on CPUs with bf16 units "
+    "(avx512_bf16 or AMX; slightly different images), f32 elsewhere; auto / fp32 = f32. LoRAs, ControlNet "
+    "and other patches run in torch (the log says why). Needs the openvino package: pip install "
+    "\"add-turbo[openvino]\", or pip install openvino in ComfyUI's Python.")
 ATTENTIONS = ("sdpa", "host")
 
 
@@ -53,6 +62,17 @@ def _resolve(ckpt_name: str) -> str:
     raise ValueError(f"checkpoint {ckpt_name!r} was not found in {folders}: put it there and refresh the node list (R)")
 
 
+def _check_openvino(load_device, compile_mode) -> None:
+    """Refuse cpu_backend openvino where it cannot run, with the fix."""
+    if load_device.type != "cpu":
+        raise ValueError(f"cpu_backend 'openvino' runs the UNet on the CPU, and this ComfyUI computes on "
+                         f"{load_device.type}: choose cpu_backend 'torch'")
+    if compile_mode != "off":
+        raise ValueError("compile and cpu_backend 'openvino' both replace the UNet: set compile to 'off'")
+    if (why := openvino_models.missing()) is not None:
+        raise RuntimeError(f"cpu_backend 'openvino': {why}")
+
+
 def _check_options(weight_dtype, decoder, attention, compile_mode, load_device) -> None:
     if weight_dtype not in precision.WEIGHT_DTYPES:
         raise ValueError(f"weight_dtype must be one of {list(precision.WEIGHT_DTYPES)}, got {weight_dtype!r}")
@@ -64,18 +84,27 @@ def _check_options(weight_dtype, decoder, attention, compile_mode, load_device) 
 
 
 def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full", attention: str = "sdpa",
-               channels_last: bool = True, compile_mode: str = "off", engine: str = "off"):
+               channels_last: bool = True, compile_mode: str = "off", engine: str = "off", cpu_backend: str = "torch"):
     """Load an SD-Turbo / SDXL-Turbo single file or diffusers folder.
 
     Returns:
         (ModelPatcher, CLIP, VAE, CheckpointInfo). The CLIP caches the prompts it encoded; with
         compile_mode other than "off" the UNet is compiled at its first sampling run; with engine
-        "on" the MODEL (and its clones) samples through nodes/engine/ where it can.
+        "on" the MODEL (and its clones) samples through nodes/engine/ where it can; with cpu_backend
+        "openvino" the UNet runs on OpenVINO (host_api.openvino_unet) in the precision weight_dtype picks
+        (precision.openvino_precision), its torch weights kept in fp32.
     Raises:
         CheckpointError: the file or folder is broken or not a turbo model (message names the fix).
     """
     load_device = mm.get_torch_device()
     _check_options(weight_dtype, decoder, attention, compile_mode, load_device)
+    if cpu_backend not in CPU_BACKENDS:
+        raise ValueError(f"cpu_backend must be one of {CPU_BACKENDS}, got {cpu_backend!r}")
+    openvino_precision, requested_dtype = None, weight_dtype
+    if cpu_backend == "openvino":
+        _check_openvino(load_device, compile_mode)
+        openvino_precision, _ = precision.openvino_precision(weight_dtype, openvino_models.cpu_flags())
+        weight_dtype = "fp32"  # what OpenVINO converts; it computes in openvino_precision
     weight_dtype, _ = precision.resolve(weight_dtype, load_device)
     if engine not in ENGINE_MODES:
         raise ValueError(f"engine must be one of {ENGINE_MODES}, got {engine!r}")
@@ -137,15 +166,29 @@ def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full", att
     if compile_mode != "off":
         host_api.compile_unet(patcher, compile_mode)
         host_api.compile_text_encoders(clip, compile_mode)
+    if openvino_precision is not None:
+        _use_openvino(path, info.family, patcher, clip, vae, openvino_precision, decoder, attention, channels_last)
     set_engine(patcher, engine)
     if engine == "on":
         host_api.fuse_taesd_blocks(vae)
         host_api.graph_taesd_decode(vae)
         host_api.graph_text_encoders(clip)
-    options = (weight_dtype, decoder, attention, channels_last, compile_mode, engine)
+    options = (requested_dtype if openvino_precision else weight_dtype, decoder, attention, channels_last,
+               compile_mode, engine, cpu_backend)
     host_api.register_reload(reload_patchers, (path, *options), patcher, clip, vae)
     log.info("ADD Turbo: loaded %s as %s (UNet %s, decoder %s)", path, info.family_name, unet_dtype, decoder)
     return patcher, clip, vae, info
+
+
+def _use_openvino(path, family, patcher, clip, vae, openvino_precision, decoder, attention, channels_last) -> None:
+    """The UNet, the text encoders' layer stacks and TAESD's decode on OpenVINO; each converted model is
+    kept on disk under the identity of the file its weights come from."""
+    where = openvino_cache.for_checkpoint(path, {"attention": attention, "channels_last": channels_last})
+    host_api.use_openvino_unet(patcher, where.folder, openvino_precision, where.blobs)
+    host_api.use_openvino_text_encoders(clip, where.folder, openvino_precision, where.blobs)
+    if decoder == "taesd":
+        taesd_where = openvino_cache.for_checkpoint(weights.taesd_file(family, "decoder"), {"taesd": family})
+        host_api.use_openvino_taesd(vae, taesd_where.folder, openvino_precision, taesd_where.blobs)
 
 
 def reload_patchers(path, *options, disable_dynamic=False):
@@ -212,6 +255,8 @@ class ADDTurboLoader(io.ComfyNode):
                                        "into the convolutions (same bits). Anything it cannot run (LoRA or other patches, "
                                        "hooks, ControlNet, masks, areas, sizes not a multiple of 64 px on CUDA) "
                                        "takes the normal path, with the reason in the log."),
+                io.Combo.Input("cpu_backend", options=list(CPU_BACKENDS), default="torch", optional=True,
+                               tooltip=OPENVINO_TOOLTIP),
             ],
             outputs=[
                 io.Model.Output(tooltip="The turbo UNet, epsilon prediction."),
@@ -222,15 +267,18 @@ class ADDTurboLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, ckpt_name, weight_dtype="auto", decoder="full", attention="sdpa", channels_last=True,
-                compile="off", engine="off") -> io.NodeOutput:
+                compile="off", engine="off", cpu_backend="torch") -> io.NodeOutput:
         path = _resolve(ckpt_name)
         dtype_note = ""
-        if weight_dtype in precision.WEIGHT_DTYPES:  # else load_turbo refuses it, naming the choices
+        if cpu_backend == "openvino":  # load_turbo checks the rest and refuses what cannot run
+            _check_openvino(mm.get_torch_device(), compile)
+            _, dtype_note = precision.openvino_precision(weight_dtype, openvino_models.cpu_flags())
+        elif weight_dtype in precision.WEIGHT_DTYPES:  # else load_turbo refuses it, naming the choices
             weight_dtype, dtype_note = precision.resolve(weight_dtype, mm.get_torch_device())
         messages = [dtype_note] if dtype_note else []
         if dtype_note:
             log.info("ADD Turbo: %s", dtype_note)
-        options = (weight_dtype, decoder, attention, channels_last, compile, engine)
+        options = (weight_dtype, decoder, attention, channels_last, compile, engine, cpu_backend)
         # What the editor shows above the node, as data: the warm-up's kind and seconds (None: none ran).
         shown = {"warm_up": None, "warm_up_s": None}
         if compile == "off":
@@ -244,8 +292,13 @@ class ADDTurboLoader(io.ComfyNode):
             message, shown["warm_up_s"] = compile_warm_up(model, clip, vae, compile, cache)
             messages.append(message)
             shown["warm_up"] = "compile"
+        if cpu_backend == "openvino":  # its warm-up states the precision: the note would say it twice
+            messages.remove(dtype_note)
+            message, shown["warm_up_s"] = openvino_warm_up(model, clip, vae, dtype_note)
+            messages.append(message)
+            shown["warm_up"] = "OpenVINO"
         if engine == "on":  # after a compile warm-up (which sampled through the engine) its status says enough
-            if compile == "off":
+            if compile == "off" and cpu_backend == "torch":
                 message, shown["warm_up_s"] = engine_warm_up(model, clip, vae)
                 messages.append(message)
                 shown["warm_up"] = "engine"

@@ -2,7 +2,9 @@
 
 - compile: torch.compile's graphs compiled, or loaded from the on-disk cache, at 512x512 batch 1;
 - engine: on a CUDA GPU the 512x512 step graph (and TAESD's and the text encoders') recorded now,
-  elsewhere a 64x64 run that checks the direct path.
+  elsewhere a 64x64 run that checks the direct path;
+- openvino: the UNet converted to OpenVINO and compiled at 512x512 batch 1, or loaded from the disk
+  cache.
 Each returns the loader's message and the warm-up's seconds.
 """
 
@@ -11,7 +13,7 @@ import time
 
 import torch
 
-from . import compile_cache, compiling, engine
+from . import compile_cache, compiling, engine, host_api
 from .latent_sampling import sample_latent
 
 log = logging.getLogger(__name__)
@@ -83,4 +85,28 @@ def engine_warm_up(patcher, clip, vae=None) -> tuple[str, float]:
         message += engine.graph_note("text encoders", list((getattr(clip, "encoder_graphs", None) or {}).values()))
         message += engine.graph_note("TAESD decode", [vae.decode_graph] if getattr(vae, "decode_graph", None) else [])
     log.info("ADD Turbo: %s", message)
+    return message, seconds
+
+
+def openvino_warm_up(model, clip, vae, note: str, size: int = COMPILE_WARM_UP_SIZE) -> tuple[str, float]:
+    """Convert (or load from disk) and compile the OpenVINO models now, at size x size batch 1: the UNet,
+    the text encoders' layer stacks and, with TAESD, its decode. `note` names the precision chosen; the
+    message says what runs on OpenVINO and whether this start converted or found the models on disk."""
+    parts = {"UNet": [host_api.openvino_unet_of(model).call],
+             "text encoders": list((getattr(clip, "encoder_openvino", None) or {}).values()),
+             "TAESD decode": [vae.openvino_decode] if getattr(vae, "openvino_decode", None) else []}
+    began = time.perf_counter()
+    with torch.inference_mode():
+        positive = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+        vae.decode(sample_latent(model, positive, _empty_latent(model, size), 0, 1, 1.0, "trailing", "euler", 0.0))
+    seconds = time.perf_counter() - began
+    calls = [call for group in parts.values() for call in group]
+    failed = [f"{name}: {call.failure}" for name, group in parts.items() for call in group if call.failure]
+    on_openvino = ", ".join(name for name, group in parts.items() if group and not any(c.failure for c in group))
+    converted = sum(call.runs["converted"] for call in calls)
+    done = "converted and compiled" if converted else "loaded from the disk cache"
+    message = f"{note}: {on_openvino or 'nothing'} {done}, {size}x{size} warm-up {seconds:.1f} s"
+    if failed:
+        message += "; in torch: " + "; ".join(failed)
+    log.info("ADD Turbo: %s (%s)", message, parts["UNet"][0].folder)
     return message, seconds

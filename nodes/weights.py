@@ -58,12 +58,17 @@ def build_unet(path, model_config, sd, prefix, dtype):
     return model.to(initial) if initial != torch.device("cpu") else model
 
 
+def taesd_file(family: str, part: str) -> str | None:
+    """The path of TAESD's (TAESDXL's) `part` ("encoder" or "decoder") in models/vae_approx, or None."""
+    return folder_paths.get_full_path("vae_approx", f"{TAESD_NAMES[family]}_{part}.safetensors")
+
+
 def taesd(family: str, dtype):
     """TAESD / TAESDXL from models/vae_approx (safetensors only: never unpickle)."""
     name = TAESD_NAMES[family]
     sd = {}
     for part in ("encoder", "decoder"):
-        file = folder_paths.get_full_path("vae_approx", f"{name}_{part}.safetensors")
+        file = taesd_file(family, part)
         if file is None:
             raise ValueError(f"decoder 'taesd' needs {name}_encoder.safetensors and {name}_decoder.safetensors in "
                              f"{', '.join(folder_paths.get_folder_paths('vae_approx'))}: download them from the TAESD "

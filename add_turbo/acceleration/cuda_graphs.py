@@ -16,6 +16,8 @@ import time
 
 import torch
 
+from .call_key import call_key
+
 log = logging.getLogger(__name__)
 
 GRAPHS_KEPT = 4  # graphs kept per cache
@@ -131,21 +133,8 @@ class GraphedCall:
     failure = property(lambda self: self.cache.failure)
     graphs = property(lambda self: self.cache.graphs)
 
-    @staticmethod
-    def _key(args, kwargs):
-        names = tuple(k for k, v in kwargs.items() if torch.is_tensor(v))
-        options = tuple(sorted((k, v) for k, v in kwargs.items() if not torch.is_tensor(v)))
-        inputs = [*args, *(kwargs[k] for k in names)]
-        if not inputs or not all(torch.is_tensor(t) for t in inputs):
-            return None, inputs
-        try:
-            hash(options)
-        except TypeError:
-            return None, inputs
-        return (tuple((tuple(t.shape), t.dtype, t.device) for t in inputs), len(args), names, options), inputs
-
     def __call__(self, *args, **kwargs):
-        key, inputs = self._key(args, kwargs)
+        key, inputs = call_key(args, kwargs)
         # Graph buffers are inference tensors, as the host's executor makes every tensor: a call from
         # outside inference mode (another extension, a script) runs directly.
         usable = key is not None and self.cache.failure is None and torch.is_inference_mode_enabled()

@@ -12,9 +12,10 @@ tests/nodes/test_host_contract.py checks them on whichever host runs.
 - direct_unet: the engine's obstacles and DirectUNet (the host's sampling steps, prepared once)
 - module_swaps: instance forwards for a call (packed convolutions)
 - prompt_queue: the host's queue, read only
+- openvino_unet: the UNet run by OpenVINO on the CPU, swapped in through the compile wrapper
 """
 
-from . import direct_unet, models, module_swaps, prompt_queue, text, vae
+from . import direct_unet, models, module_swaps, openvino_unet, prompt_queue, text, vae
 from .direct_unet import DirectUNet, direct_sampling_obstacle, fully_loaded, has_compile_wrapper
 from .models import (
     PositiveOnlyGuider,
@@ -27,6 +28,7 @@ from .models import (
     use_sdpa_in_unet,
 )
 from .module_swaps import packed_convolutions
+from .openvino_unet import OpenVINOUNet, openvino_unet_of, use_openvino_unet
 from .prompt_queue import live_prompt_ids, queued_prompts
 from .text import (
     CachedTextCLIP,
@@ -37,16 +39,24 @@ from .text import (
     encode_text,
     graph_text_encoders,
     text_graph_obstacle,
+    use_openvino_text_encoders,
 )
-from .vae import TurboVAE, fuse_taesd_blocks, graph_taesd_decode, taesd_graph_obstacle, use_sdpa_in_vae
+from .vae import (
+    TurboVAE,
+    fuse_taesd_blocks,
+    graph_taesd_decode,
+    taesd_graph_obstacle,
+    use_openvino_taesd,
+    use_sdpa_in_vae,
+)
 
-_MODULES = (models, vae, text, direct_unet, module_swaps, prompt_queue)
+_MODULES = (models, vae, text, direct_unet, module_swaps, prompt_queue, openvino_unet)
 HOST_SYMBOLS = [symbol for module in _MODULES for symbol in module.HOST_SYMBOLS]
 OVERRIDES = [override for module in _MODULES for override in getattr(module, "OVERRIDES", [])]
 
-__all__ = ["HOST_SYMBOLS", "OVERRIDES", "CachedTextCLIP", "DirectUNet", "PositiveOnlyGuider", "TurboSD2", "TurboSDXL",
+__all__ = ["HOST_SYMBOLS", "OVERRIDES", "CachedTextCLIP", "DirectUNet", "OpenVINOUNet", "PositiveOnlyGuider", "TurboSD2", "TurboSDXL",
            "TurboVAE", "clip_options", "clip_that_encoded", "compile_text_encoders", "compile_unet",
            "compute_text_encoders_in", "direct_sampling_obstacle", "encode_text", "fully_loaded", "fuse_taesd_blocks",
            "graph_taesd_decode", "graph_text_encoders", "has_compile_wrapper", "live_prompt_ids",
-           "new_model_patcher", "packed_convolutions", "queued_prompts", "register_reload", "taesd_graph_obstacle",
-           "text_graph_obstacle", "use_channels_last", "use_sdpa_in_unet", "use_sdpa_in_vae"]
+           "new_model_patcher", "openvino_unet_of", "packed_convolutions", "queued_prompts", "register_reload", "taesd_graph_obstacle",
+           "text_graph_obstacle", "use_channels_last", "use_openvino_taesd", "use_openvino_text_encoders", "use_openvino_unet", "use_sdpa_in_unet", "use_sdpa_in_vae"]

@@ -13,6 +13,7 @@ import torch
 from ...add_turbo import decode_memory
 from ...add_turbo.acceleration import fused_blocks
 from ...add_turbo.acceleration.cuda_graphs import GraphedCall
+from ...add_turbo.acceleration.openvino_models import OpenVINOCall
 from ...add_turbo.log_once import log_once
 from .direct_unet import is_set, swaps_modules
 from .module_swaps import CONV_CAST_ATTRIBUTES, instance_attributes, instance_forwards
@@ -43,14 +44,16 @@ class TurboVAE(comfy.sd.VAE):
     """
 
     fused_blocks = None  # TAESD Block -> add_turbo.acceleration.fused_blocks.FusedResidualBlock, when fusing is on
+    openvino_decode = None  # an openvino_models.OpenVINOCall over TAESD's decode, with cpu_backend openvino
     decode_graph = None  # a cuda_graphs.GraphedCall over TAESD's decode, when the engine records it (graph_taesd_decode)
 
     def decode(self, samples_in, *args, **kwargs):
         """[B, C, h, w] latent -> [B, 8h, 8w, 3] image, as the host's decode."""
-        with _graphed_taesd_decode(self):
+        with _graphed_taesd_decode(self), _openvino_taesd_decode(self) as on_openvino:
             if self.device.type != "cpu":
                 return super().decode(samples_in, *args, **kwargs)
-            with _fused_taesd_blocks(self):
+            # OpenVINO converts the host's blocks: the fused oneDNN ones would not convert.
+            with contextlib.nullcontext() if on_openvino else _fused_taesd_blocks(self):
                 return self._decode_on_cpu(samples_in, *args, **kwargs)
 
     def encode(self, pixel_samples, *args, **kwargs):
@@ -162,6 +165,11 @@ def taesd_graph_obstacle(vae) -> str | None:
     """Why `vae`'s TAESD decode is not replayed from a CUDA graph now (it runs as the host's), or None."""
     if vae.device.type != "cuda":
         return f"no CUDA graphs on {vae.device.type}"
+    return _decode_obstacle(vae)
+
+
+def _decode_obstacle(vae) -> str | None:
+    """Why TAESD's decode computes something a stand-in recorded or converted earlier would not, or None."""
     model = vae.first_stage_model
     if "decode" in model.__dict__:
         return "another extension replaced the TAESD decode"
@@ -182,6 +190,37 @@ def _graphed_taesd_decode(vae):
         log_once(log, f"ADD Turbo engine: {obstacle}: the TAESD decode runs without a CUDA graph", owner=graph)
     with instance_attributes("decode", {} if graph is None or obstacle else {vae.first_stage_model: graph}):
         yield
+
+
+# --- TAESD's decode on OpenVINO (the loader's cpu_backend openvino) ---------------------------------------
+
+def use_openvino_taesd(vae, folder, precision: str, blob_cache) -> bool:
+    """From now on, on CPU, TAESD's decode inside `vae.decode` runs on OpenVINO (converted per latent
+    shape) wherever nothing is in the way. False: not TAESD."""
+    from comfy.taesd import taesd
+
+    model = getattr(vae, "first_stage_model", None)
+    if not isinstance(vae, TurboVAE) or type(model) is not taesd.TAESD:
+        return False
+    vae.openvino_decode = OpenVINOCall(type(model).decode.__get__(model), model, "taesd_decode", folder, precision,
+                                       blob_cache, torch.get_num_threads())
+    return True
+
+
+@contextlib.contextmanager
+def _openvino_taesd_decode(vae):
+    """Within: TAESD's decode runs on OpenVINO where `use_openvino_taesd` was called and nothing is in the
+    way (else the host's, with the reason logged once per VAE and reason). Yields whether it does."""
+    call = vae.openvino_decode
+    obstacle = None
+    if call is not None:
+        obstacle = f"OpenVINO runs on the CPU, this VAE on {vae.device.type}" if vae.device.type != "cpu" \
+            else _decode_obstacle(vae)
+        if obstacle is not None:
+            log_once(log, f"ADD Turbo OpenVINO: {obstacle}: the TAESD decode runs in torch", owner=call)
+    installed = {} if call is None or obstacle else {vae.first_stage_model: call}
+    with instance_attributes("decode", installed):
+        yield bool(installed)
 
 
 # (our override, the host method it overrides): each must accept every parameter of the host's.

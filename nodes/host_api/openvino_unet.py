@@ -1,0 +1,119 @@
+"""The UNet run by OpenVINO on the CPU (the loader's cpu_backend: openvino): a module the host swaps in
+for diffusion_model while sampling, through the same apply_model wrapper key torch.compile uses.
+
+Each input shape is converted once (add_turbo.acceleration.openvino_models) from the UNet as the host
+runs it (its own forward, with the pack's SDPA attention), saved as IR on disk and compiled from it.
+A call the converted model cannot reproduce runs the host's UNet instead, with the reason logged once
+and kept for the node's message: a ControlNet, attention or block patches, extra model inputs, or
+weights patched since the model was loaded (a LoRA: the IR holds the file's weights).
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from pathlib import Path
+
+import torch
+from comfy.patcher_extension import WrappersMP
+from comfy_api.torch_helpers.torch_compile import COMPILE_KEY, apply_torch_compile_factory
+
+from ...add_turbo.acceleration import openvino_models
+from ...add_turbo.log_once import log_once
+from .direct_unet import holds_any
+
+log = logging.getLogger(__name__)
+
+HOST_SYMBOLS = [
+    ("comfy.ldm.modules.diffusionmodules.openaimodel", "UNetModel.forward",
+     ("x", "timesteps", "context", "y", "control", "transformer_options")),
+]
+_NOT_YET = object()
+PATCH_KEYS = ("patches", "patches_replace", "block_modifiers")  # transformer options that change the UNet's math
+
+
+class OpenVINOUNet(torch.nn.Module):
+    """diffusion_model's stand-in: OpenVINO where it computes the same, the host's UNet elsewhere.
+
+    Attributes the host reads (dtype, ...) come from the UNet, which is not registered as a submodule.
+    """
+
+    def __init__(self, unet, base_model, folder: Path, precision: str, blob_cache: Path | None, attention=None):
+        super().__init__()
+        object.__setattr__(self, "unet", unet)
+        object.__setattr__(self, "base_model", base_model)
+        options = {} if attention is None else {"optimized_attention_override": attention}
+
+        def tensors_in_tensor_out(x, timesteps, context, y=None):  # what OpenVINO converts, per shape
+            return unet(x, timesteps, context=context, y=y, transformer_options=dict(options))
+
+        self.call = openvino_models.OpenVINOCall(tensors_in_tensor_out, unet, "unet", folder, precision, blob_cache,
+                                                 torch.get_num_threads())
+        self.weights = _NOT_YET  # the weight patches the IR was converted with
+        self.last = "not run yet"  # how the last call ran, for the loader's message
+
+    folder = property(lambda self: self.call.folder)
+    failure = property(lambda self: self.call.failure)
+    precision = property(lambda self: self.call.precision)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "unet"), name)
+
+    def obstacle(self, x, context, control, transformer_options, kwargs) -> str | None:
+        """Why this call must run on the host's UNet, or None."""
+        weights = getattr(self.base_model, "current_weight_patches_uuid", None)
+        if self.weights is _NOT_YET:
+            self.weights = weights
+        if self.call.failure is not None:
+            return self.call.failure
+        if x.device.type != "cpu" or x.is_nested or context is None:
+            return "the inputs are not plain CPU tensors"
+        if control is not None:
+            return "a ControlNet is applied"
+        if kwargs:
+            return f"the model gets inputs OpenVINO was not converted for ({', '.join(sorted(kwargs))})"
+        if any(holds_any(transformer_options.get(key)) for key in PATCH_KEYS):
+            return "the model has attention or block patches"
+        if weights != self.weights:
+            return "the UNet's weights are patched (a LoRA or another patch): load the model again to convert them"
+        return None
+
+    def forward(self, x, timesteps=None, context=None, y=None, control=None, transformer_options=None, **kwargs):
+        transformer_options = {} if transformer_options is None else transformer_options
+        reason = self.obstacle(x, context, control, transformer_options, kwargs)
+        if reason is None:
+            inputs = (x.float(), timesteps.float(), context.float()) + (() if y is None else (y.float(),))
+            out = self.call(*inputs)
+            reason = self.call.failure
+            if reason is None:
+                self.last = f"OpenVINO {self.precision}"
+                return out.to(x.dtype)
+        log_once(log, f"ADD Turbo OpenVINO: {reason}: the UNet runs in torch", owner=self, level=logging.WARNING)
+        self.last = f"torch ({reason})"
+        return self.unet(x, timesteps, context=context, y=y, control=control,
+                         transformer_options=transformer_options, **kwargs)
+
+
+_INSTALLED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # base model -> (wrapper, stand-in)
+
+
+def use_openvino_unet(patcher, folder: Path, precision: str, blob_cache: Path | None) -> OpenVINOUNet:
+    """From now on the UNet of `patcher` (and its clones) runs on OpenVINO where it computes the same."""
+    unet = patcher.get_model_object("diffusion_model")
+    attention = patcher.model_options.get("transformer_options", {}).get("optimized_attention_override")
+    stand_in = OpenVINOUNet(unet, patcher.model, Path(folder), precision, blob_cache, attention)
+    wrapper = apply_torch_compile_factory({"diffusion_model": stand_in})
+    patcher.remove_wrappers_with_key(WrappersMP.APPLY_MODEL, COMPILE_KEY)
+    patcher.add_wrapper_with_key(WrappersMP.APPLY_MODEL, COMPILE_KEY, wrapper)
+    _INSTALLED[patcher.model] = (wrapper, stand_in)
+    return stand_in
+
+
+def openvino_unet_of(patcher) -> OpenVINOUNet | None:
+    """The OpenVINO stand-in that runs `patcher`'s UNet, if one still does (TorchCompileModel replaces it)."""
+    wrapper, stand_in = _INSTALLED.get(patcher.model, (None, None))
+    registered = patcher.wrappers.get(WrappersMP.APPLY_MODEL, {}).get(COMPILE_KEY, [])
+    return stand_in if wrapper is not None and wrapper in registered else None
