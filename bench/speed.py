@@ -1,12 +1,16 @@
-"""SD-Turbo speed on this machine: stock ComfyUI graph vs the pack's exact and fast paths vs diffusers.
+"""SD-Turbo speed on this machine: stock ComfyUI graph vs the pack's exact and fast paths vs diffusers
+vs the OpenVINO peer (optimum-intel's pipeline, as FastSD CPU runs it; bench/openvino_peer.py).
 
 Full-size random-weight SD-Turbo (SD 2.1 sizes), 1 step. Every variant runs in its own process
 (5 fp32 models would not fit in memory together), interleaved round by round (A B C D E, A B C D E,
 ...), each with an untimed warm-up run first. Per stage (text encode, UNet, decode) and end to end,
 median and min over the rounds, peak RSS, ratios to the stock graph. Writes a markdown table.
+The peer's children run in a venv of its own (built and exported on first use, only when a peer
+variant is asked for); when it cannot be built the table says why and the other variants run.
 
   scripts/bench.sh speed                                  # 512 px, batch 1, 3 rounds, all variants
   scripts/bench.sh speed --sizes 256,512,768,1024 --batches 1,2,4 --variants pack_fast,stock
+  scripts/bench.sh speed --variants pack_fast,openvino_peer,openvino_peer_f32   # the pack vs the peer
   python -m bench.speed ...                               # the same in the host's Python, from the repository root
 """
 
@@ -23,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import metrics, model_links
+from bench import metrics, model_links, openvino_peer
 from devkit import graphs, host
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,9 +42,13 @@ VARIANTS = {
     "pack_fast_bf16": "ADD Turbo bf16: Loader (bf16, TAESD) + Sample + VAEDecode",
     "pack_fast_compile": "ADD Turbo fast + compile (inductor; compile time is load time, excluded)",
     "pack_fp8": "ADD Turbo fp8: Loader (weight_dtype fp8_e4m3fn, TAESD, engine on) + Sample + VAEDecode",
+    "pack_openvino": "ADD Turbo OpenVINO: Loader (cpu_backend openvino, weight_dtype fast, TAESD, engine on)",
+    "pack_openvino_f32": "ADD Turbo OpenVINO f32: Loader (cpu_backend openvino, weight_dtype fp32, TAESD, engine on)",
+    "pack_openvino_cached": "ADD Turbo OpenVINO, prompt unchanged (the prompt cache answers: live mode, seed sweeps)",
     "diffusers_fp32": "diffusers fp32 StableDiffusionPipeline (trailing, guidance 0)",
     "diffusers_bf16_tiny": "diffusers bf16 + AutoencoderTiny (TAESD)",
     "diffusers_fp32_tiny": "diffusers fp32 + AutoencoderTiny (TAESD)",
+    **openvino_peer.PEER_VARIANTS,
 }
 
 
@@ -73,6 +81,9 @@ def _comfy_variant(variant, size, batch):
         options = {"weight_dtype": "fp8_e4m3fn", "decoder": "taesd", "engine": "on"}
     elif variant.startswith("pack_fast"):
         options = {"weight_dtype": "fast", "decoder": "taesd", "engine": "on"}
+    elif variant.startswith("pack_openvino"):
+        options = {"weight_dtype": "fp32" if variant.endswith("_f32") else "fast", "decoder": "taesd", "engine": "on",
+                   "cpu_backend": "openvino"}
     if variant == "pack_fast_compile":
         options["compile"] = "inductor"
     with torch.inference_mode():  # as ComfyUI's executor runs every node, the loader's compile warm-up included
@@ -137,7 +148,8 @@ def child(variant, size, batch, out_image):
         host.init_in_process()
         run = _comfy_variant(variant, size, batch)
     load_peak = metrics.peak_rss_gib()
-    run(Timer(), PROMPT + ", warm-up")  # another prompt: the timed run encodes its prompt (no cache hit)
+    # Another prompt: the timed run encodes its prompt (no cache hit); "_cached" variants repeat it.
+    run(Timer(), PROMPT if variant.endswith("_cached") else PROMPT + ", warm-up")
     timer = Timer()
     start = time.perf_counter()
     image = run(timer, PROMPT)
@@ -162,6 +174,31 @@ def _ensure_models():
     model_links.link_taesd()
 
 
+def _prepare_peer(variants) -> dict:
+    """The peer's venv and exported models when a peer variant is asked for: {"python": path, "export":
+    seconds} or {"unavailable": reason}; {} when no peer variant runs (nothing is built then)."""
+    if not set(variants) & set(openvino_peer.PEER_VARIANTS):
+        return {}
+    from devkit import turbo_models
+
+    taesd_decoder = turbo_models.build_taesd() / "taesd_decoder.safetensors"
+    try:
+        export = openvino_peer.ensure_peer_models(host.HOME / "bench" / "sd21_full_random_diffusers", taesd_decoder)
+    except (openvino_peer.PeerUnavailable, OSError) as error:
+        print(f"peer not available: {error}", flush=True)
+        return {"unavailable": str(error)}
+    return {"python": str(openvino_peer.PYTHON), "export": export}
+
+
+def _child_command(variant, size, batch, image, peer) -> list[str]:
+    """A child process's command: the host's Python, or the peer venv's for the peer variants."""
+    if variant in openvino_peer.PEER_VARIANTS:
+        python, module = peer["python"], "bench.openvino_peer"
+    else:
+        python, module = sys.executable, "bench.speed"
+    return [python, "-m", module, "--child", variant, str(size), str(batch), str(image) if image else "-"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
@@ -180,12 +217,21 @@ def main() -> int:
     variants = args.variants.split(",")
     configs = [(int(s), int(b)) for s in args.sizes.split(",") for b in args.batches.split(",")]
     results, images = [], {}
+    peer = _prepare_peer(variants)
+    if "unavailable" in peer:
+        results += [{"variant": v, "size": s, "batch": b, "unavailable": peer["unavailable"]}
+                    for v in variants if v in openvino_peer.PEER_VARIANTS for s, b in configs]
+        variants_run = [v for v in variants if v not in openvino_peer.PEER_VARIANTS]
+    else:
+        variants_run = variants
     for round_index in range(args.rounds):
         for size, batch in configs:
-            for variant in variants:
-                image = host.HOME / "bench" / f"img_{variant}_{size}.pt" if round_index == 0 and batch == 1 else None
-                proc = subprocess.run([sys.executable, "-m", "bench.speed", "--child", variant, str(size), str(batch),
-                                       str(image) if image else "-"], cwd=REPO, capture_output=True, text=True)
+            for variant in variants_run:
+                suffix = "png" if variant in openvino_peer.PEER_VARIANTS else "pt"  # the peer's venv writes PNG
+                image = (host.HOME / "bench" / f"img_{variant}_{size}.{suffix}"
+                         if round_index == 0 and batch == 1 else None)
+                proc = subprocess.run(_child_command(variant, size, batch, image, peer), cwd=REPO,
+                                      capture_output=True, text=True)
                 if proc.returncode != 0:
                     # e.g. killed for memory (exit -9): recorded as a result, the run goes on
                     print(f"round {round_index + 1} {variant:20s} {size:4d}px x{batch}: FAILED (exit "
@@ -200,8 +246,10 @@ def main() -> int:
                       f"(text {row.get('text', 0):.2f}, unet {row.get('unet', 0):.2f}, "
                       f"decode {row.get('decode', 0):.2f})"
                       f" peak {row['peak_gib']:.2f} GiB {row.get('engine') or ''}"
-                      f"{' | loader: ' + row['loader'] if 'compile' in variant else ''}", flush=True)
-    report = _report(results, images, variants, configs)
+                      f"{' | UNet precision ' + row['precision'] if row.get('precision') else ''}"
+                      f"{' | loader: ' + row['loader'] if 'compile' in variant or 'openvino' in variant else ''}",
+                      flush=True)
+    report = _report(results, images, variants, configs, peer)
     Path(args.out).write_text(report)
     print("\n" + report)
     print(f"written to {args.out}")
@@ -214,7 +262,49 @@ def _stage_peaks(rows) -> str:
     return " / ".join(f"{max(r['peaks'].get(k, float('nan')) for r in rows):.2f}" for k in stages)
 
 
-def _report(results, images, variants, configs) -> str:
+def _load_image(path):
+    """An image a child wrote, [1, H, W, 3] on a 0-1 scale: a torch file, or the peer's 8-bit PNG."""
+    import torch
+
+    path = Path(path)
+    if path.suffix != ".png":
+        return torch.load(path)
+    import numpy as np
+    from PIL import Image
+
+    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255)[None]
+
+
+def _variant_label(variant, rows) -> str:
+    """The variant's description, with the precision its UNet actually ran in where the child reports it."""
+    precisions = sorted({r["precision"] for r in rows if r.get("precision")})
+    return VARIANTS[variant] + (f"; UNet ran {'/'.join(precisions)}" if precisions else "")
+
+
+def _peer_notes(results, images, configs, peer) -> list[str]:
+    """The peer's versions, its one-off export and per-process load times, and its image differences."""
+    rows = [r for r in results if r["variant"] in openvino_peer.PEER_VARIANTS and "total" in r]
+    lines = []
+    if rows:
+        loads = ", ".join(f"{v} {statistics.median(r['load_seconds'] for r in rows if r['variant'] == v):.1f} s"
+                          for v in openvino_peer.PEER_VARIANTS if any(r["variant"] == v for r in rows))
+        lines.append(f"\nOpenVINO peer: OpenVINO {rows[0]['openvino']}, optimum-intel {rows[0]['optimum_intel']}, "
+                     f"in a venv of its own. Export, once: pipeline {peer['export']['pipeline']:.0f} s "
+                     f"(optimum-cli, fp32 IR), TAESD {peer['export']['taesd']:.0f} s. Load and compile per "
+                     f"process (excluded above): {loads}. Its images are 8-bit PNG.")
+    for size, _ in configs:
+        pairs = ((("openvino_peer_f32", "openvino_peer"), "OpenVINO default precision vs f32"),
+                 (("pack_fast", "openvino_peer_f32"), "OpenVINO peer f32 vs pack fast (same weights, same TAESD "
+                                                      "files: the difference is the pipelines')"))
+        for (reference, other), what in pairs:
+            if (reference, size) in images and (other, size) in images:
+                a, b = _load_image(images[(reference, size)]), _load_image(images[(other, size)])
+                lines.append(f"\n{what} at {size}: max |image diff| {metrics.max_abs(a, b) * 255:.2f}/255, "
+                             f"PSNR {metrics.psnr(a, b):.1f} dB (random weights)")
+    return lines
+
+
+def _report(results, images, variants, configs, peer=None) -> str:
     import torch
 
     lines = ["# ADD Turbo speed, SD-Turbo (SD 2.1 sizes, random weights), 1 step\n",
@@ -230,10 +320,14 @@ def _report(results, images, variants, configs) -> str:
                   "| at load / text / UNet / decode |",
                   "|---|---|---|---|---|---|---|---|"]
         rows = {v: [r for r in results if r["variant"] == v and r["size"] == size and r["batch"] == batch
-                    and "failed" not in r] for v in variants}
+                    and "total" in r] for v in variants}
         stock = statistics.median(r["total"] for r in rows["stock"]) if rows.get("stock") else None
         for variant in variants:
             rs = rows[variant]
+            unavailable = [r["unavailable"] for r in results if r["variant"] == variant and "unavailable" in r]
+            if unavailable:
+                lines.append(f"| {VARIANTS[variant]} | peer not available: {unavailable[0]} | | | | | | |")
+                continue
             if not rs:
                 codes = {r["failed"] for r in results
                          if r["variant"] == variant and r["size"] == size and r["batch"] == batch}
@@ -242,7 +336,7 @@ def _report(results, images, variants, configs) -> str:
                 continue
             med = {k: statistics.median(r.get(k, 0.0) for r in rs) for k in ("total", "text", "unet", "decode")}
             ratio = f"{med['total'] / stock:.2f}x" if stock else "-"
-            lines.append(f"| {VARIANTS[variant]} | {med['total']:.2f} ({min(r['total'] for r in rs):.2f}) | "
+            lines.append(f"| {_variant_label(variant, rs)} | {med['total']:.2f} ({min(r['total'] for r in rs):.2f}) | "
                          f"{med['text']:.2f} | {med['unet']:.2f} | {med['decode']:.2f} | {ratio} | "
                          f"{max(r['peak_gib'] for r in rs):.2f} | {_stage_peaks(rs)} |")
     for size, _ in configs:
@@ -258,6 +352,7 @@ def _report(results, images, variants, configs) -> str:
             lines.append(f"\nfp8 vs fast at {size} (the same TAESD decoder: the difference is the UNet's fp8 "
                          f"weights): max |image diff| {metrics.max_abs(a, b) * 255:.2f}/255, PSNR "
                          f"{metrics.psnr(a, b):.1f} dB (random weights)")
+    lines += _peer_notes(results, images, configs, peer or {})
     return "\n".join(lines) + "\n"
 
 
