@@ -266,6 +266,27 @@ class ADDTurboLoader(io.ComfyNode):
         )
 
     @classmethod
+    def fingerprint_inputs(cls, ckpt_name, decoder="full", **options):
+        """What the files under these names are now: for each, (path, size, modification time, inode).
+
+        The loaded model maps its file. A file replaced under the same name, whether copied over it (same
+        inode, rewritten in place) or renamed onto it, makes the host run this node again, so the next
+        run loads the new file instead of reading the replaced pages (a mix of two models, or SIGBUS
+        where the new file is shorter). A name that no longer resolves runs it again too: it says so.
+        """
+        try:
+            files = [_resolve(ckpt_name)]
+        except ValueError:
+            return ("missing", ckpt_name)
+        if decoder == "taesd":
+            files += [f for family in weights.TAESD_NAMES for f in (weights.taesd_file(family, "decoder"),
+                                                                    weights.taesd_file(family, "encoder")) if f]
+        try:
+            return [(*entry, os.stat(entry[0]).st_ino) for f in files for entry in compile_cache.checkpoint_identity(f)]
+        except OSError as error:  # replaced or deleted between the two looks: the node runs and says why
+            return ("unreadable", str(error))
+
+    @classmethod
     def execute(cls, ckpt_name, weight_dtype="auto", decoder="full", attention="sdpa", channels_last=True,
                 compile="off", engine="off", cpu_backend="torch") -> io.NodeOutput:
         path = _resolve(ckpt_name)
