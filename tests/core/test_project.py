@@ -80,6 +80,9 @@ def test_registry_metadata():
     assert project["description"] and project["license"]
     assert not any(dep.split("=")[0].split(">")[0].strip() in ("torch", "torchvision") for dep in project["dependencies"])
     assert comfy["PublisherId"] and comfy["DisplayName"]
+    assert re.fullmatch(r">=\d+\.\d+\.\d+", comfy["requires-comfyui"])
+    kinds = {c.split(" :: ")[0] for c in project["classifiers"]}
+    assert {"Operating System", "Environment"} <= kinds  # the registry's OS and accelerator filters
     requirements = (REPO / "requirements.txt").read_text().splitlines()
     assert not any(line.strip().startswith("torch") for line in requirements), "never install torch over the user's"
 
