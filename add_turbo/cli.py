@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import difflib
 import json
 import logging
@@ -19,7 +20,7 @@ import sys
 from pathlib import Path
 
 from .server import ComfyServer, ServerStartError
-from .workflow import WorkflowError, input_names, is_api_format, ui_to_api
+from .workflow import WorkflowError, input_names, is_api_format, set_widget_value, ui_to_api
 
 log = logging.getLogger("add_turbo.cli")
 PACK_DIR = Path(__file__).resolve().parents[1]
@@ -46,8 +47,9 @@ def _matching(prompt: dict, node_ref: str) -> list[str]:
     return [nid for nid, node in prompt.items() if node_ref in (nid, node["class_type"], node.get("_meta", {}).get("title"))]
 
 
-def apply_overrides(prompt: dict, overrides: list[str], object_info: dict | None = None) -> dict:
-    """Set NODE.INPUT=VALUE entries on an API-format prompt; NODE is an id, title or class type.
+def parse_overrides(prompt: dict, overrides: list[str], object_info: dict | None = None) -> list[tuple]:
+    """The changes that NODE.INPUT=VALUE entries make to an API-format prompt, as (node id, input name,
+    value); NODE is an id, title or class type. The prompt is not changed.
 
     Raises:
         UsageError: bad syntax, a NODE that matches no node or several, or an INPUT the node does not have;
@@ -80,20 +82,51 @@ def apply_overrides(prompt: dict, overrides: list[str], object_info: dict | None
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise UsageError(f"--set {item!r}: node {node_id} ({node['class_type']}) has no input {input_name!r}"
                              f"{hint}; its inputs: {', '.join(names)}")
-        changes.append((node, input_name, parse_value(value)))
-    for node, input_name, value in changes:
-        node["inputs"][input_name] = value
-    return prompt
+        changes.append((node_id, input_name, parse_value(value)))
+    return changes
 
 
-def load_prompt(path: Path, object_info: dict) -> dict:
-    try:
-        workflow = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise WorkflowError(f"{path}: cannot read the workflow ({error})") from error
-    if not isinstance(workflow, dict):
-        raise WorkflowError(f"{path}: not a ComfyUI workflow")
-    return workflow if is_api_format(workflow) else ui_to_api(workflow, object_info)
+class Job:
+    """What one run queues: the API-format prompt and, for a UI-format workflow, that workflow with the
+    same values in its widgets. The workflow goes into the prompt's extra_pnginfo, as the editor sends
+    it, so that a saved PNG reopens in the editor as the graph that made it."""
+
+    def __init__(self, path: Path, object_info: dict):
+        try:
+            workflow = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise WorkflowError(f"{path}: cannot read the workflow ({error})") from error
+        if not isinstance(workflow, dict):
+            raise WorkflowError(f"{path}: not a ComfyUI workflow")
+        self.object_info = object_info
+        self.workflow = None if is_api_format(workflow) else workflow
+        self.prompt = workflow if self.workflow is None else ui_to_api(workflow, object_info)
+
+    def set(self, node_id: str, input_name: str, value) -> None:
+        """Set one input in the prompt and, where it is a widget, in the workflow; a value the workflow
+        has no widget for (a connection, a dynamic input) leaves the image with the prompt alone."""
+        self.prompt[node_id]["inputs"][input_name] = value
+        if self.workflow is not None and not set_widget_value(self.workflow, node_id, input_name, value,
+                                                              self.object_info):
+            print(f"note: node {node_id} has no widget {input_name!r} in the workflow: the images carry the API "
+                  "prompt only", file=sys.stderr)
+            self.workflow = None
+
+    def override(self, overrides: list[str]) -> Job:
+        """Apply --set entries (refused as a whole, before any change, as parse_overrides says)."""
+        for node_id, input_name, value in parse_overrides(self.prompt, overrides, self.object_info):
+            self.set(node_id, input_name, value)
+        return self
+
+    def clone(self) -> Job:
+        """A copy to change for one run (the node definitions shared)."""
+        job = copy.copy(self)
+        job.prompt, job.workflow = copy.deepcopy(self.prompt), copy.deepcopy(self.workflow)
+        return job
+
+    @property
+    def extra_data(self) -> dict | None:
+        return {"extra_pnginfo": {"workflow": self.workflow}} if self.workflow is not None else None
 
 
 def write_images(result, out: Path) -> list[Path]:
@@ -111,8 +144,8 @@ async def run_once(url: str, args) -> int:
 
     async with Client(url) as client:
         info = await client.object_info()
-        prompt = apply_overrides(load_prompt(Path(args.workflow), info), args.set, info)
-        result = await client.run(prompt)
+        job = Job(Path(args.workflow), info).override(args.set)
+        result = await client.run(job.prompt, extra_data=job.extra_data)
         for path in write_images(result, Path(args.out)):
             print(path)
         print(f"done in {result.seconds:.2f} s", file=sys.stderr)
@@ -126,7 +159,7 @@ async def watch(url: str, args) -> int:
     watched, last, runs = Path(args.watch), None, 0
     async with Client(url) as client:
         info = await client.object_info()
-        base = apply_overrides(load_prompt(Path(args.workflow), info), args.set, info)
+        base = Job(Path(args.workflow), info).override(args.set)
         print(f"watching {watched} (Ctrl-C to stop)", file=sys.stderr)
         while args.max_runs is None or runs < args.max_runs:
             stamp = watched.stat().st_mtime_ns if watched.exists() else None
@@ -135,12 +168,12 @@ async def watch(url: str, args) -> int:
                 continue
             last = stamp
             text = watched.read_text().strip()
-            prompt = json.loads(json.dumps(base))
-            for node in prompt.values():
+            job = base.clone()
+            for node_id, node in base.prompt.items():
                 if node["class_type"] == "CLIPTextEncode":
-                    node["inputs"]["text"] = text
+                    job.set(node_id, "text", text)
             try:
-                result = await client.run(prompt)
+                result = await client.run(job.prompt, extra_data=job.extra_data)
             except PromptError as error:
                 print(f"error: {error}", file=sys.stderr)
                 continue

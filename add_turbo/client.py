@@ -98,13 +98,15 @@ class Client:
         async with self.session.get(f"{self.url}/object_info") as response:
             return await response.json()
 
-    async def queue(self, prompt: dict) -> str:
-        """Queue an API-format prompt for this client (POST /prompt); its prompt id.
+    async def queue(self, prompt: dict, extra_data: dict | None = None) -> str:
+        """Queue an API-format prompt for this client (POST /prompt); its prompt id. `extra_data` goes with
+        it as the editor's does: {"extra_pnginfo": {"workflow": ...}} is written into saved PNGs.
 
         Raises:
             PromptError: the server refused it (its validation); `details` holds the server's answer.
         """
-        async with self.session.post(f"{self.url}/prompt", json={"prompt": prompt, "client_id": self.client_id}) as r:
+        body = {"prompt": prompt, "client_id": self.client_id, **({"extra_data": extra_data} if extra_data else {})}
+        async with self.session.post(f"{self.url}/prompt", json=body) as r:
             body = await r.json(content_type=None)
             if r.status != 200:
                 raise PromptError(_format_node_errors(body), body)
@@ -129,10 +131,11 @@ class Client:
                 return
         raise ServerUnreachable(f"the ComfyUI server at {self.url} closed the connection during the run")
 
-    async def run(self, prompt: dict) -> Result:
-        """Queue an API-format prompt, follow it to the end, and fetch the images its output nodes saved."""
+    async def run(self, prompt: dict, extra_data: dict | None = None) -> Result:
+        """Queue an API-format prompt (with `extra_data`, see queue), follow it to the end, and fetch the
+        images its output nodes saved."""
         start = time.perf_counter()
-        prompt_id = await self.queue(prompt)
+        prompt_id = await self.queue(prompt, extra_data)
         async for kind, data in self.events(prompt_id):
             if kind == "progress":
                 self.progress(data)

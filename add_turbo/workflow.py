@@ -94,6 +94,54 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
     return prompt
 
 
+def _default(spec: list):
+    """The value the editor gives a widget that a workflow does not set."""
+    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if "default" in options:
+        return options["default"]
+    if isinstance(spec[0], list):
+        return spec[0][0] if spec[0] else None
+    return options.get("options", [None])[0] if spec[0] == "COMBO" else None
+
+
+def set_widget_value(workflow: dict, node_id: str, name: str, value, object_info: dict) -> bool:
+    """Set a UI-format node's widget to `value` in its widgets_values, as the editor saves it, so that
+    ui_to_api reads `value` back; a link into that input is removed, as the literal replaces it.
+
+    Widgets before it that the workflow left out get their defaults. False when the node has no
+    widget of that name (a connection input, a dynamic input): the workflow is left unchanged.
+    """
+    node = next((n for n in workflow.get("nodes", []) if str(n["id"]) == str(node_id)), None)
+    node_def = object_info.get(node["type"]) if node is not None else None
+    if node_def is None:
+        return False
+    specs = dict(ordered_inputs(node_def))
+    values = list(node.get("widgets_values") or [])
+    position = 0
+    for slot, extra, _ in _widget_slots(node_def):
+        if position >= len(values):
+            values += [_default(specs[slot])] + (["fixed"] if extra else [])
+        if slot == name:
+            values[position] = value
+            node["widgets_values"] = values
+            _unlink(workflow, node, name)
+            return True
+        position += 2 if extra else 1
+    return False
+
+
+def _unlink(workflow: dict, node: dict, name: str) -> None:
+    entry = next((i for i in node.get("inputs", []) if i.get("name") == name and i.get("link") is not None), None)
+    if entry is None:
+        return
+    link_id, entry["link"] = entry["link"], None
+    workflow["links"] = [link for link in workflow.get("links", []) if link[0] != link_id]
+    for other in workflow.get("nodes", []):
+        for output in other.get("outputs") or []:
+            if link_id in (output.get("links") or []):
+                output["links"].remove(link_id)
+
+
 def is_api_format(workflow: dict) -> bool:
     return "nodes" not in workflow and all(isinstance(v, dict) and "class_type" in v for v in workflow.values())
 

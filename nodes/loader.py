@@ -20,6 +20,7 @@ from . import compile_cache, compiling, host_api, openvino_cache, precision, wei
 from .convert import folder_state_dict
 from .engine import ENGINE_MODES, set_engine
 from .engine import status as engine_status
+from .schema import turbo_schema
 from .warm_up import compile_warm_up, engine_warm_up, openvino_warm_up
 
 log = logging.getLogger(__name__)
@@ -203,10 +204,9 @@ def reload_patchers(path, *options, disable_dynamic=False):
 class ADDTurboLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return turbo_schema(
             node_id="ADDTurboLoader",
             display_name="ADD Turbo Loader",
-            category="ADD Turbo",
             description="Loads an SD-Turbo or SDXL-Turbo checkpoint (single file or diffusers folder) configured "
                         "for turbo sampling: epsilon prediction, sizes read from the file.",
             inputs=[

@@ -6,6 +6,7 @@ from comfy_api.latest import io
 from ..add_turbo import refine
 from .latent_sampling import sample_latent
 from .sampling import SEED_MAX, sampler_inputs, schedule_inputs
+from .schema import turbo_schema
 
 FEATHER_PX = 8
 
@@ -25,10 +26,9 @@ def _sized(positive, width: int, height: int):
 class ADDTurboRefine(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return turbo_schema(
             node_id="ADDTurboRefine",
             display_name="ADD Turbo Refine",
-            category="ADD Turbo",
             description="Refines an image (or a batch) in 1-4 guidance-free steps: encode, noise to the strength, "
                         "sample, decode. Any size (padded and cropped back), alpha kept, optional soft mask.",
             inputs=[

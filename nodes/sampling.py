@@ -5,6 +5,7 @@ from comfy_api.latest import io
 from ..add_turbo import samplers, schedules
 from .latent_sampling import model_sigmas, turbo_sampler
 from .queue_batching import describe, sample_with_queued_twins
+from .schema import turbo_schema
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 QUEUE_BATCH_MAX = 16
@@ -40,10 +41,9 @@ def sampler_inputs():
 class ADDTurboScheduler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return turbo_schema(
             node_id="ADDTurboScheduler",
             display_name="ADD Turbo Scheduler",
-            category="ADD Turbo",
             description="Guidance-free turbo timesteps -> SIGMAS for SamplerCustom. Steps are the steps run; "
                         "strength is continuous and never rounds to zero steps.",
             inputs=[io.Model.Input("model", tooltip="The turbo model whose noise schedule gives the sigmas."),
@@ -59,10 +59,9 @@ class ADDTurboScheduler(io.ComfyNode):
 class ADDTurboSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return turbo_schema(
             node_id="ADDTurboSampler",
             display_name="ADD Turbo Sampler",
-            category="ADD Turbo",
             description="A few-step turbo sampler for SamplerCustom / SamplerCustomAdvanced. Its per-step noise "
                         "comes from a CPU generator keyed by the seed: the same image on CPU and GPU.",
             inputs=sampler_inputs(),
@@ -77,10 +76,9 @@ class ADDTurboSampler(io.ComfyNode):
 class ADDTurboSample(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return turbo_schema(
             node_id="ADDTurboSample",
             display_name="ADD Turbo Sample",
-            category="ADD Turbo",
             description="One-node turbo sampling: exactly one model evaluation per step, no negative prompt and "
                         "no unconditional pass. Image k of a batch equals a single run with seed + k.",
             inputs=[

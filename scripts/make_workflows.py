@@ -16,8 +16,26 @@ from devkit.client import ComfyClient
 REPO = Path(__file__).resolve().parents[1]
 
 SD_TURBO, SDXL_TURBO = "sd_turbo.safetensors", "sd_xl_turbo_1.0_fp16.safetensors"
+# Where each file comes from, and its models/ folder: each loader node lists its checkpoint and the
+# family's TAESD pair in properties.models, which the editor reads (name, url, directory) to offer the
+# download of a missing file. The editor shows the ones a widget selects, and downloads only from
+# allow-listed hosts (huggingface.co among them).
+HF = "https://huggingface.co"
+DOWNLOADS = {
+    SD_TURBO: (f"{HF}/stabilityai/sd-turbo/resolve/main/{SD_TURBO}", "checkpoints"),
+    SDXL_TURBO: (f"{HF}/stabilityai/sdxl-turbo/resolve/main/{SDXL_TURBO}", "checkpoints"),
+    **{f"{taesd}_{part}.safetensors": (f"{HF}/madebyollin/{taesd}/resolve/main/{taesd}_{part}.safetensors", "vae_approx")
+       for taesd in ("taesd", "taesdxl") for part in ("encoder", "decoder")},
+}
+TAESD = {SD_TURBO: "taesd", SDXL_TURBO: "taesdxl"}
 INPUT_IMAGE, MASKED_IMAGE = "add_turbo_harbour.png", "add_turbo_harbour_masked.png"
 PROMPT = "a cinematic photo of a fishing harbour at sunset, boats, golden light"
+
+
+def model_files(ckpt: str) -> list[dict]:
+    """A loader node's properties.models: the checkpoint, then the TAESD pair its decoder: taesd reads."""
+    names = [ckpt, *(f"{TAESD[ckpt]}_{part}.safetensors" for part in ("encoder", "decoder"))]
+    return [{"name": name, "url": DOWNLOADS[name][0], "directory": DOWNLOADS[name][1]} for name in names]
 
 
 def loader(ckpt):
@@ -111,6 +129,19 @@ WORKFLOWS = {
 }
 
 
+def build(info: dict) -> dict[str, dict]:
+    """Each example workflow (UI format) by name, laid out with a server's node definitions."""
+    workflows = {}
+    for name, (description, graph, positions) in WORKFLOWS.items():
+        workflow = api_to_ui(graph, info, positions, notes=[(description, [0, -220], [640, 140])])
+        workflow["extra"]["add_turbo_description"] = description
+        for node in workflow["nodes"]:
+            if node["type"] == "ADDTurboLoader":
+                node["properties"]["models"] = model_files(graph[str(node["id"])]["inputs"]["ckpt_name"])
+        workflows[name] = workflow
+    return workflows
+
+
 def main() -> int:
     server = host.start_server()
     try:
@@ -120,9 +151,7 @@ def main() -> int:
         server.stop()
     out = REPO / "workflows"
     out.mkdir(exist_ok=True)
-    for name, (description, graph, positions) in WORKFLOWS.items():
-        workflow = api_to_ui(graph, info, positions, notes=[(description, [0, -220], [640, 140])])
-        workflow["extra"]["add_turbo_description"] = description
+    for name, workflow in build(info).items():
         (out / f"{name}.json").write_text(json.dumps(workflow, indent=1) + "\n")
         print(f"wrote workflows/{name}.json")
     return 0

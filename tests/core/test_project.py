@@ -80,6 +80,9 @@ def test_registry_metadata():
     assert project["description"] and project["license"]
     assert not any(dep.split("=")[0].split(">")[0].strip() in ("torch", "torchvision") for dep in project["dependencies"])
     assert comfy["PublisherId"] and comfy["DisplayName"]
+    assert re.fullmatch(r">=\d+\.\d+\.\d+", comfy["requires-comfyui"])
+    kinds = {c.split(" :: ")[0] for c in project["classifiers"]}
+    assert {"Operating System", "Environment"} <= kinds  # the registry's OS and accelerator filters
     requirements = (REPO / "requirements.txt").read_text().splitlines()
     assert not any(line.strip().startswith("torch") for line in requirements), "never install torch over the user's"
 
@@ -112,6 +115,24 @@ def test_workflow_conversion_defaults_missing_optional_widgets_and_refuses_missi
 
     with pytest.raises(WorkflowError, match="no value for widget 'a'"):
         ui_to_api({"nodes": [node], "links": []}, info)
+
+
+def test_set_widget_value_is_what_conversion_reads_back():
+    from add_turbo.workflow import set_widget_value, ui_to_api
+
+    info = {"N": {"input": {"required": {"a": ["INT", {"control_after_generate": True}], "x": ["LATENT"]},
+                            "optional": {"b": ["COMBO", {"options": ["p", "q"]}], "c": ["FLOAT", {"default": 0.5}]}},
+                  "input_order": {"required": ["a", "x"], "optional": ["b", "c"]}, "output": ["LATENT"],
+                  "output_name": ["LATENT"]}}
+    source = {"id": 1, "type": "N", "inputs": [], "outputs": [{"name": "LATENT", "links": [9]}],
+              "widgets_values": [1, "fixed"]}
+    node = {"id": 2, "type": "N", "inputs": [{"name": "a", "link": 9}], "widgets_values": [5, "fixed"]}
+    workflow = {"nodes": [source, node], "links": [[9, 1, 0, 2, 0, "INT"]]}
+    assert set_widget_value(workflow, "2", "c", 0.75, info)  # b, before it, gets its default
+    assert set_widget_value(workflow, "2", "a", 7, info)  # the literal replaces the link
+    assert node["widgets_values"] == [7, "fixed", "p", 0.75] and workflow["links"] == [] and source["outputs"][0]["links"] == []
+    assert ui_to_api(workflow, info)["2"]["inputs"] == {"a": 7, "b": "p", "c": 0.75}
+    assert not set_widget_value(workflow, "2", "x", 1, info) and not set_widget_value(workflow, "3", "a", 1, info)
 
 
 def _module_name(path: Path) -> str:

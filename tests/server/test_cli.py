@@ -64,6 +64,35 @@ def test_cli_set_overrides_and_api_format(server, tiny_models, tmp_path):
     (image,) = [Path(line) for line in result.stdout.split()]
     assert Image.open(image).size == (128, 64)
     assert "3/3" in result.stderr  # the progress bar followed all three steps
+    assert "prompt" in Image.open(image).info and "workflow" not in Image.open(image).info  # no layout to carry
+
+
+def _layout(workflow):
+    return [(n["id"], n["type"], n["pos"], n["size"], n.get("title"), n["properties"]) for n in workflow["nodes"]]
+
+
+def test_cli_png_carries_the_workflow_with_the_set_values(server, tiny_models, tmp_path):
+    """A UI-format workflow goes with the prompt as extra_pnginfo.workflow, as the editor sends it: the PNG
+    reopens as the same graph (layout, titles, links), its widgets holding the --set values."""
+    from add_turbo.workflow import ui_to_api
+
+    path = REPO / "workflows" / "SD-Turbo - text to image.json"
+    result = cli("run", str(path), "--server", server.url, "--out", str(tmp_path), *_tiny_overrides(path, tiny_models),
+                 "--set", "4.seed=7", "--set", "CLIPTextEncode.text=a red fox", "--set", "3.width=64",
+                 "--set", "3.height=64")
+    assert result.returncode == 0, result.stderr
+    (image,) = [Path(line) for line in result.stdout.split()]
+    chunks = Image.open(image).info
+    prompt, workflow = json.loads(chunks["prompt"]), json.loads(chunks["workflow"])
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    assert nodes[4]["widgets_values"][:2] == [7, "fixed"] and nodes[2]["widgets_values"] == ["a red fox"]
+    assert nodes[3]["widgets_values"] == [64, 64, 1]
+    assert nodes[1]["widgets_values"][0] == tiny_models["sd_turbo"].single_file.name
+    original = json.loads(path.read_text())
+    assert _layout(workflow) == _layout(original) and workflow["links"] == original["links"]
+    assert workflow["extra"] == original["extra"]
+    with ComfyClient(server.url, events=False) as client:
+        assert ui_to_api(workflow, client.object_info()) == prompt  # the widgets hold what ran
 
 
 @pytest.mark.parametrize("mutate,expect", [

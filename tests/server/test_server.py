@@ -28,6 +28,16 @@ def test_object_info_documents_every_input(client):
                 assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
 
 
+def test_every_node_has_the_search_aliases_where_the_host_takes_them(client):
+    """Newer hosts' io.Schema takes search_aliases (the editor's node search matches them); 0.3.75's does not,
+    and there the nodes go without rather than fail to load."""
+    takes = "search_aliases" in (host.COMFY_DIR / "comfy_api" / "latest" / "_io.py").read_text()
+    info = client.object_info()
+    expected = ["sd turbo", "sdxl turbo", "adversarial diffusion", "1 step", "few step", "img2img", "refine"]
+    for node_id in (*PACK_NODES, "ADDTurboRefine"):
+        assert info[node_id].get("search_aliases") == (expected if takes else None), node_id
+
+
 @pytest.mark.parametrize("family", ["sd_turbo", "sdxl_turbo"])
 def test_txt2img_graph_runs_and_saves_png(client, tiny_models, family):
     prompt = txt2img_prompt(tiny_models[family].single_file.name, seed=5, steps=2, size=64, prefix=f"test_{family}")

@@ -44,6 +44,25 @@ def test_every_workflow_is_covered():
     assert {p.stem for p in WORKFLOWS} == set(EXPECTED)
 
 
+def test_the_packs_nodes_in_each_workflow_are_what_the_generator_writes(object_info):
+    """scripts/make_workflows.py and the files agree (built-in nodes differ a little between hosts:
+    the pack's are compared), and each loader names where its weights come from."""
+    from scripts.make_workflows import build
+
+    built = build(object_info)
+    assert set(built) == {p.stem for p in WORKFLOWS}
+    for path in WORKFLOWS:
+        ours = [[n for n in w["nodes"] if n["type"].startswith("ADDTurbo")] for w in (json.loads(path.read_text()),
+                                                                                       built[path.stem])]
+        assert ours[0] == ours[1], f"{path.name}: run scripts/make_workflows.py"
+        for loader in (n for n in ours[0] if n["type"] == "ADDTurboLoader"):
+            ckpt, *taesd = loader["properties"]["models"]
+            assert ckpt["name"] == loader["widgets_values"][0] and ckpt["directory"] == "checkpoints"
+            assert [m["directory"] for m in taesd] == ["vae_approx"] * 2
+            assert all(m["url"].startswith("https://huggingface.co/") and m["url"].endswith(f"/resolve/main/{m['name']}")
+                       for m in (ckpt, *taesd))
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_runs_and_is_deterministic(client, server, object_info, tiny_models, path):
     prompt = to_api(path, object_info, tiny_models)
