@@ -10,7 +10,6 @@ prompts ({node id: {"class_type", "inputs"}}); the host's queue is read in nodes
 from __future__ import annotations
 
 import collections
-import copy
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -28,14 +27,12 @@ class Twin(NamedTuple):
 
 
 def _without(prompt: dict, inputs: set) -> dict:
-    """`prompt` without the (node id, input name) pairs in `inputs`."""
-    other = copy.copy(prompt)
-    for node_id, name in inputs:
-        if node_id in other:
-            node = dict(other[node_id])
-            node["inputs"] = {k: v for k, v in node.get("inputs", {}).items() if k != name}
-            other[node_id] = node
-    return other
+    """What `prompt` computes, without the (node id, input name) pairs in `inputs`: each node's class and
+    inputs. Other keys are bookkeeping: the editor's titles (_meta), and what the host's executor writes
+    into the running prompt (is_changed, the fingerprint of nodes that have one)."""
+    return {node_id: (node.get("class_type"), {k: v for k, v in node.get("inputs", {}).items()
+                                               if (node_id, k) not in inputs})
+            if isinstance(node, dict) else node for node_id, node in prompt.items()}
 
 
 def _literal(prompt: dict, node_id: str | None, name: str, kind: type):

@@ -629,7 +629,8 @@ def test_sampler_label_says_which_queued_prompts_shared_one_unet_call(editor, fr
                 break
         else:
             raise AssertionError(f"the editor's prompts never waited together behind a blocker of up to {size} px")
-        history = client.history()
+        # Each entry is written just after the run's end event, which the labels waited for: wait for each.
+        history = {i: client.history(i) for i in ids}
 
     assert [history[i]["prompt"][2][sample_id]["inputs"]["seed"] for i in ids] == list(seeds)
     notes = [history[i]["outputs"][sample_id]["text"][0] for i in ids]

@@ -38,6 +38,18 @@ def test_with_the_text_node_other_prompt_texts_are_twins_too():
     assert prompt_twins.queued_twins(linked, "4", pending, limit=8, text_node="2") == []
 
 
+def test_the_executors_bookkeeping_in_the_running_prompt_makes_no_difference():
+    """The host's executor writes each fingerprinted node's value (is_changed) into the running prompt, and
+    the editor adds titles (_meta): neither changes what a prompt computes."""
+    running = _prompt(5)
+    running["1"]["is_changed"] = [[("/models/sd_turbo.safetensors", 5, 1, 7)]]
+    running["4"]["_meta"] = {"title": "ADD Turbo Sample"}
+    assert prompt_twins.queued_twins(running, "4", [("a", _prompt(6))], limit=4) == [("a", 6, None)]
+    other_model = _prompt(6)
+    other_model["1"]["inputs"]["ckpt_name"] = "other.safetensors"  # but inputs still count
+    assert prompt_twins.queued_twins(running, "4", [("a", other_model)], limit=4) == []
+
+
 def test_no_twins_for_another_node_a_linked_seed_or_an_extra_node():
     pending = [("a", _prompt(6))]
     assert prompt_twins.queued_twins(_prompt(5, seed_node="9"), "9", pending, limit=4) == []
