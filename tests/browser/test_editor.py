@@ -61,11 +61,18 @@ def test_every_workflow_loads_with_no_missing_nodes_and_its_values(editor, front
 # --- live mode ---------------------------------------------------------------------------------------
 
 
+def _use_tiny_checkpoint(loader: dict, tiny_models) -> None:
+    """The loader node on the tiny model, without the real files' download links: the editor would
+    otherwise offer their download in a dialog over the canvas (the workflows' checkpoint is not here)."""
+    loader["widgets_values"][0] = tiny_models["sd_turbo"].single_file.name
+    loader.get("properties", {}).pop("models", None)
+
+
 def _live_workflow(tiny_models):
     workflow = json.loads((REPO / "workflows" / "SD-Turbo - text to image.json").read_text())
     for node in workflow["nodes"]:
         if node["type"] == "ADDTurboLoader":
-            node["widgets_values"][0] = tiny_models["sd_turbo"].single_file.name
+            _use_tiny_checkpoint(node, tiny_models)
         if node["type"] == "ADDTurboSample":
             node["widgets_values"][2] = 6  # steps: a run lasts long enough for a newer edit to catch it running
         if node["type"] == "EmptyLatentImage":
@@ -400,7 +407,7 @@ def _img2img_workflow(tiny_models, steps):
     workflow = json.loads((REPO / "workflows" / "SD-Turbo - image to image.json").read_text())
     for node in workflow["nodes"]:
         if node["type"] == "ADDTurboLoader":
-            node["widgets_values"][0] = tiny_models["sd_turbo"].single_file.name
+            _use_tiny_checkpoint(node, tiny_models)
         if node["type"] == "ADDTurboRefine":
             node["widgets_values"][2] = steps
         if node["type"] == "LoadImage":
