@@ -325,7 +325,7 @@ class ADDTurboLoader(io.ComfyNode):
                 shown["warm_up"] = "engine"
             else:
                 messages.append(engine_status(model))
-            if vae.fused_blocks is not None and mm.get_torch_device().type == "cpu":
+            if vae.fused_blocks is not None and mm.get_torch_device().type == "cpu" and vae.openvino_decode is None:
                 messages.append("TAESD blocks run as fused oneDNN convolutions (ReLU and skip add inside)")
         if not messages:
             return io.NodeOutput(model, clip, vae)
