@@ -11,7 +11,6 @@ import pytest
 from playwright.sync_api import expect
 
 from devkit import host
-from devkit.browser import Editor
 from devkit.client import ComfyClient
 
 REPO = Path(__file__).resolve().parents[2]
@@ -19,16 +18,6 @@ WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 DEBOUNCE_SETTING = "ADDTurbo.Live.DebounceMs"
 LAST_RUN = re.compile(r"^last run \d+\.\d\d s$")
 WAIT_S = 30  # bound for anything the editor or one run should do
-
-
-@pytest.fixture(scope="module")
-def editor(frontend_server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        ed = Editor(playwright, frontend_server.url)
-        yield ed
-        ed.close()
 
 
 def test_editor_opens_with_the_extension_and_no_pack_errors(editor):

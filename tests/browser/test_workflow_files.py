@@ -15,7 +15,6 @@ from PIL import Image
 from playwright.sync_api import expect
 
 from devkit import host
-from devkit.browser import Editor
 from devkit.client import ComfyClient
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,16 +43,6 @@ STOP_LINKS = """() => {
   delete window.addTurboLinks;
   return opened;
 }"""
-
-
-@pytest.fixture(scope="module")
-def editor(frontend_server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        ed = Editor(playwright, frontend_server.url)
-        yield ed
-        ed.close()
 
 
 def _history(server):
