@@ -28,7 +28,6 @@ HOST_SYMBOLS = [
     ("comfy.ldm.modules.diffusionmodules.openaimodel", "UNetModel.forward",
      ("x", "timesteps", "context", "y", "control", "transformer_options")),
 ]
-_NOT_YET = object()
 PATCH_KEYS = ("patches", "patches_replace", "block_modifiers")  # transformer options that change the UNet's math
 
 
@@ -38,7 +37,8 @@ class OpenVINOUNet(torch.nn.Module):
     Attributes the host reads (dtype, ...) come from the UNet, which is not registered as a submodule.
     """
 
-    def __init__(self, unet, base_model, folder: Path, precision: str, blob_cache: Path | None, attention=None):
+    def __init__(self, unet, base_model, folder: Path, precision: str, blob_cache: Path | None, attention=None,
+                 weights=None):
         super().__init__()
         object.__setattr__(self, "unet", unet)
         object.__setattr__(self, "base_model", base_model)
@@ -49,7 +49,9 @@ class OpenVINOUNet(torch.nn.Module):
 
         self.call = openvino_models.OpenVINOCall(tensors_in_tensor_out, unet, "unet", folder, precision, blob_cache,
                                                  torch.get_num_threads())
-        self.weights = _NOT_YET  # the weight patches the IR was converted with
+        # The loaded file's patch set (the loading patcher's, which its plain clones share): the IR holds
+        # those weights. Set at install, not at the first call: that call may come from a LoRA clone.
+        self.weights = weights
         self.last = "not run yet"  # how the last call ran, for the loader's message
 
     folder = property(lambda self: self.call.folder)
@@ -65,8 +67,6 @@ class OpenVINOUNet(torch.nn.Module):
     def obstacle(self, x, context, control, transformer_options, kwargs) -> str | None:
         """Why this call must run on the host's UNet, or None."""
         weights = getattr(self.base_model, "current_weight_patches_uuid", None)
-        if self.weights is _NOT_YET:
-            self.weights = weights
         if self.call.failure is not None:
             return self.call.failure
         if x.device.type != "cpu" or x.is_nested or context is None:
@@ -104,7 +104,8 @@ def use_openvino_unet(patcher, folder: Path, precision: str, blob_cache: Path | 
     """From now on the UNet of `patcher` (and its clones) runs on OpenVINO where it computes the same."""
     unet = patcher.get_model_object("diffusion_model")
     attention = patcher.model_options.get("transformer_options", {}).get("optimized_attention_override")
-    stand_in = OpenVINOUNet(unet, patcher.model, Path(folder), precision, blob_cache, attention)
+    stand_in = OpenVINOUNet(unet, patcher.model, Path(folder), precision, blob_cache, attention,
+                            getattr(patcher, "patches_uuid", None))
     wrapper = apply_torch_compile_factory({"diffusion_model": stand_in})
     patcher.remove_wrappers_with_key(WrappersMP.APPLY_MODEL, COMPILE_KEY)
     patcher.add_wrapper_with_key(WrappersMP.APPLY_MODEL, COMPILE_KEY, wrapper)
