@@ -184,7 +184,8 @@ def load_turbo(path: str, weight_dtype: str = "auto", decoder: str = "full", att
 def _use_openvino(path, family, patcher, clip, vae, openvino_precision, decoder, attention, channels_last) -> None:
     """The UNet, the text encoders' layer stacks and TAESD's decode on OpenVINO; each converted model is
     kept on disk under the identity of the file its weights come from."""
-    where = openvino_cache.for_checkpoint(path, {"attention": attention, "channels_last": channels_last})
+    where = openvino_cache.for_checkpoint(path, {"attention": attention, "channels_last": channels_last,
+                                                 "unet_graph": host_api.openvino_unet.GRAPH_REVISION})
     host_api.use_openvino_unet(patcher, where.folder, openvino_precision, where.blobs)
     host_api.use_openvino_text_encoders(clip, where.folder, openvino_precision, where.blobs)
     if decoder == "taesd":

@@ -14,6 +14,7 @@ CPUs with bf16 units (avx512_bf16 or AMX) and emulates slowly elsewhere.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import json
 import logging
@@ -139,11 +140,14 @@ class OpenVINOCall:
 
     fn runs directly instead when an argument is neither a tensor nor hashable, and for good once a
     conversion or compilation has failed (`failure` says why, logged once).
+
+    `lighter`, if given, is a context manager factory active while fn is converted: it may swap layers for
+    ones that compute the same with less work (add_turbo.acceleration.lighter_layers).
     """
 
     def __init__(self, fn, module: torch.nn.Module, name: str, folder: Path, precision: str, blob_cache: Path | None,
-                 threads: int | None = None):
-        self.fn, self.module, self.name, self.folder = fn, module, name, Path(folder)
+                 threads: int | None = None, lighter=None):
+        self.fn, self.module, self.name, self.folder, self.lighter = fn, module, name, Path(folder), lighter
         self.precision, self.blob_cache, self.threads = precision, blob_cache, threads
         self.models: dict = {}  # key -> (StaticModel, output structure)
         self.failure: str | None = None
@@ -184,7 +188,8 @@ class OpenVINOCall:
                                        **dict(options))
                 structure = {"single": not isinstance(sample, (tuple, list)),
                              "outputs": [None if t is None else "tensor" for t in _flat(sample)]}
-                convert(module, tuple(inputs), xml)
+                with self.lighter() if self.lighter else contextlib.nullcontext():
+                    convert(module, tuple(inputs), xml)
                 sidecar.write_text(json.dumps(structure))
                 self.runs["converted"] += 1
             else:

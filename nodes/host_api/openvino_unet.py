@@ -6,6 +6,9 @@ runs it (its own forward, with the pack's SDPA attention), saved as IR on disk a
 A call the converted model cannot reproduce runs the host's UNet instead, with the reason logged once
 and kept for the node's message: a ControlNet, attention or block patches, extra model inputs, or
 weights patched since the model was loaded (a LoRA: the IR holds the file's weights).
+
+While converting, the host's upsample layers and GEGLU projections run as lighter layers that compute
+the same (add_turbo.acceleration.lighter_layers): the IR does 4/9 of the upsample convolutions' work.
 """
 
 from __future__ import annotations
@@ -15,19 +18,25 @@ import weakref
 from pathlib import Path
 
 import torch
+from comfy.ldm.modules.attention import GEGLU
+from comfy.ldm.modules.diffusionmodules.openaimodel import Upsample
 from comfy.patcher_extension import WrappersMP
 from comfy_api.torch_helpers.torch_compile import COMPILE_KEY, apply_torch_compile_factory
 
-from ...add_turbo.acceleration import openvino_models
+from ...add_turbo.acceleration import lighter_layers, openvino_models
 from ...add_turbo.log_once import log_once
 from .direct_unet import holds_any
+from .module_swaps import CONV_CAST_ATTRIBUTES, instance_attributes
 
 log = logging.getLogger(__name__)
 
 HOST_SYMBOLS = [
     ("comfy.ldm.modules.diffusionmodules.openaimodel", "UNetModel.forward",
      ("x", "timesteps", "context", "y", "control", "transformer_options")),
+    ("comfy.ldm.modules.diffusionmodules.openaimodel", "Upsample.forward", ("x", "output_shape")),
+    ("comfy.ldm.modules.attention", "GEGLU.forward", ("x",)),
 ]
+GRAPH_REVISION = 2  # in the IR cache key: bump when the converted graph changes (2: lighter layers)
 PATCH_KEYS = ("patches", "patches_replace", "block_modifiers")  # transformer options that change the UNet's math
 
 
@@ -48,7 +57,7 @@ class OpenVINOUNet(torch.nn.Module):
             return unet(x, timesteps, context=context, y=y, transformer_options=dict(options))
 
         self.call = openvino_models.OpenVINOCall(tensors_in_tensor_out, unet, "unet", folder, precision, blob_cache,
-                                                 torch.get_num_threads())
+                                                 torch.get_num_threads(), lighter=lambda: lighter_unet_layers(unet))
         # The loaded file's patch set (the loading patcher's, which its plain clones share): the IR holds
         # those weights. Set at install, not at the first call: that call may come from a LoRA clone.
         self.weights = weights
@@ -95,6 +104,54 @@ class OpenVINOUNet(torch.nn.Module):
         self.last = f"torch ({reason})"
         return self.unet(x, timesteps, context=context, y=y, control=control,
                          transformer_options=transformer_options, **kwargs)
+
+
+def _plain(layer: torch.nn.Module) -> bool:
+    """A host layer that computes from its own weights as they are (no casts or weight functions)."""
+    return "forward" not in layer.__dict__ and not any(getattr(layer, a, False) for a in CONV_CAST_ATTRIBUTES)
+
+
+class _LighterUpsample:
+    """Upsample's forward as one 2x2 convolution and a pixel shuffle where it doubles the size exactly."""
+
+    def __init__(self, layer):
+        self.layer = layer
+
+    def __call__(self, x, output_shape=None, *args, **kwargs):
+        conv = self.layer.conv
+        doubled = [2 * n for n in x.shape[2:]]
+        if not args and not kwargs and x.dim() == 4 and x.dtype == conv.weight.dtype and (
+                output_shape is None or list(output_shape[2:]) == doubled):
+            return lighter_layers.upsample_conv(x, conv.weight, conv.bias)
+        return Upsample.forward(self.layer, x, output_shape, *args, **kwargs)
+
+
+class _LighterGEGLU:
+    """GEGLU's forward as two matrix products (no split of one)."""
+
+    def __init__(self, layer):
+        self.layer = layer
+
+    def __call__(self, x, *args, **kwargs):
+        proj = self.layer.proj
+        if args or kwargs or x.dtype != proj.weight.dtype:
+            return GEGLU.forward(self.layer, x, *args, **kwargs)
+        return lighter_layers.geglu(x, proj.weight, proj.bias)
+
+
+def lighter_unet_layers(unet):
+    """A context manager: within, the UNet's 2D upsample convolutions and GEGLU projections (the host's
+    own classes, with plain weights) run as lighter layers that compute the same."""
+    forwards = {}
+    for m in unet.modules():
+        if type(m) is Upsample and m.dims == 2 and m.use_conv and _plain(m) and _plain(m.conv):
+            conv = m.conv
+            if (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode) == (
+                    (3, 3), (1, 1), (1, 1), (1, 1), 1, "zeros"):
+                forwards[m] = _LighterUpsample(m)
+        elif type(m) is GEGLU and _plain(m) and _plain(m.proj):
+            forwards[m] = _LighterGEGLU(m)
+    return instance_attributes("forward", forwards)
 
 
 _INSTALLED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # base model -> (wrapper, stand-in)

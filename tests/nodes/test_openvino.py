@@ -65,6 +65,9 @@ def test_f32_gives_the_torch_paths_latents_up_to_fp32_rounding(tiny_models, pack
     got, want = _sample(model, positive), _sample(torch_model, positive)
     stand_in = host_api.openvino_unet_of(model)
     assert stand_in.last == "OpenVINO f32"  # the latents came from OpenVINO, not from a fallback
+    # converted with the lighter layers: no upsample (a 2x2 convolution and a pixel shuffle), no split (GEGLU)
+    ir = "".join(p.read_text() for p in stand_in.folder.glob("unet-*.xml"))
+    assert 'type="Convolution"' in ir and 'type="Interpolate"' not in ir and 'type="VariadicSplit"' not in ir
     diff = assert_fp32_close(got, want)
     print(f"\nOPENVINO {family} f32 vs torch: {diff:.1e} of max|latent|")
 
