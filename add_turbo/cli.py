@@ -2,6 +2,7 @@
 
   python -m add_turbo run WORKFLOW.json [--server URL] [--set NODE.INPUT=VALUE ...] [--out DIR]
   python -m add_turbo run WORKFLOW.json --watch prompt.txt     # re-run whenever the prompt file changes
+  python -m add_turbo batch WORKFLOW.json --sweep seed.seed=0:1000 [--prompts FILE] --out DIR [--ray [ADDRESS]]
 
 NODE is a node id, a node title or a class type (when unique). Without --server an embedded ComfyUI
 is started (the one this pack is installed in, or --comfyui DIR) and stopped afterwards.
@@ -213,6 +214,35 @@ def default_comfyui() -> Path:
     return Path(os.environ.get("COMFYUI_DIR", installed))
 
 
+def batch_command(args) -> int:
+    """`batch`, with every expected failure as one message on stderr and an exit code."""
+    import aiohttp
+
+    from .batch import run_batch
+    from .batch_worker import WorkerStartError
+    from .client import ServerUnreachable
+    from .manifest import ManifestMismatch
+    from .sweep import SpecError
+
+    try:
+        return run_batch(args)
+    except (UsageError, SpecError, ManifestMismatch) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (WorkflowError, WorkerStartError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except (ServerUnreachable, aiohttp.ClientError) as error:
+        print(f"error: lost the ComfyUI server ({error}); run the same command again to finish the job",
+              file=sys.stderr)
+        return 1
+    except Exception as error:  # Ray's own errors: a worker Ray could not restart, a lost cluster
+        if not type(error).__module__.startswith("ray."):
+            raise
+        print(f"error: Ray: {error}; run the same command again to finish the job", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m add_turbo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -226,7 +256,25 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--max-runs", type=int, help="with --watch: stop after this many runs")
     run.add_argument("--comfyui", type=Path, default=None, help="ComfyUI folder for the embedded server")
     run.add_argument("--comfyui-args", default="", help="extra arguments for the embedded server (e.g. '--cpu')")
+    batch = sub.add_parser("batch", help="render a sweep: every item once into --out, resumable, optionally on Ray")
+    batch.add_argument("workflow", help="UI- or API-format workflow JSON")
+    batch.add_argument("--out", required=True, help="folder for the images and manifest.jsonl")
+    batch.add_argument("--sweep", action="append", default=[], metavar="NODE.INPUT=SPEC",
+                       help="SPEC is A:B (integers A to B-1) or v1,v2,...; several sweeps give their product")
+    batch.add_argument("--prompts", metavar="[NODE.INPUT=]FILE",
+                       help="one prompt per line, into the CLIP Text Encode that feeds the sampler (or NODE.INPUT)")
+    batch.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE", help="override an input")
+    batch.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                       help="render on Ray: alone, start Ray on this machine; 'auto' or an address joins a cluster")
+    batch.add_argument("--workers", type=int, help="with --ray: how many (default: as many as the cluster fits)")
+    batch.add_argument("--cpus-per-worker", type=int, help="CPUs Ray reserves for a worker, and its torch threads")
+    batch.add_argument("--gpus-per-worker", type=float, default=0, help="with --ray: GPUs per worker (Ray sets the device)")
+    batch.add_argument("--server", help="without --ray: URL of a running ComfyUI (default: start an embedded one)")
+    batch.add_argument("--comfyui", type=Path, default=None, help="ComfyUI folder for the started servers")
+    batch.add_argument("--comfyui-args", default="", help="extra arguments for the started servers (e.g. '--cpu')")
     args = parser.parse_args(argv)
+    if args.command == "batch":
+        return batch_command(args)
 
     server = None
     url = args.server

@@ -242,7 +242,7 @@ def main() -> int:
                 results.append(row)
                 if image:
                     images[(variant, size)] = image
-                print(f"round {round_index + 1} {variant:20s} {size:4d}px x{batch}: {row['total']:7.2f} s "
+                print(f"round {round_index + 1} {variant:20s} {size:4d}px x{batch}: {row['total']:7.3f} s "
                       f"(text {row.get('text', 0):.2f}, unet {row.get('unet', 0):.2f}, "
                       f"decode {row.get('decode', 0):.2f})"
                       f" peak {row['peak_gib']:.2f} GiB {row.get('engine') or ''}"
@@ -251,6 +251,7 @@ def main() -> int:
                       flush=True)
     report = _report(results, images, variants, configs, peer)
     Path(args.out).write_text(report)
+    Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=1))  # every round's figures
     print("\n" + report)
     print(f"written to {args.out}")
     return 0
@@ -292,6 +293,17 @@ def _peer_notes(results, images, configs, peer) -> list[str]:
                      f"in a venv of its own. Export, once: pipeline {peer['export']['pipeline']:.0f} s "
                      f"(optimum-cli, fp32 IR), TAESD {peer['export']['taesd']:.0f} s. Load and compile per "
                      f"process (excluded above): {loads}. Its images are 8-bit PNG.")
+    ratios = (("pack_openvino", "openvino_peer"), ("pack_openvino_cached", "openvino_peer"),
+              ("pack_openvino_f32", "openvino_peer_f32"))
+    for size, batch in configs:
+        for pack, peer_variant in ratios:
+            a, b = ([r["total"] for r in results if r["variant"] == v and r["size"] == size and r["batch"] == batch
+                     and "total" in r] for v in (pack, peer_variant))
+            if a and b:
+                per_round = [x / y for x, y in zip(a, b, strict=False)]  # a failed child leaves a round out
+                lines.append(f"\n{pack} vs {peer_variant} at {size} x{batch}: median {statistics.median(a):.3f} s vs "
+                             f"{statistics.median(b):.3f} s = {statistics.median(a) / statistics.median(b):.3f}x "
+                             f"(round by round: {', '.join(f'{x:.3f}' for x in per_round)})")
     for size, _ in configs:
         pairs = ((("openvino_peer_f32", "openvino_peer"), "OpenVINO default precision vs f32"),
                  (("pack_fast", "openvino_peer_f32"), "OpenVINO peer f32 vs pack fast (same weights, same TAESD "

@@ -76,11 +76,12 @@ def init_in_process(base: Path = BASE_DIR, flags: list[str] = HOST_FLAGS) -> Non
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
 
 
-def start_server(base: Path = BASE_DIR, extra_args: tuple[str, ...] = ()) -> ComfyServer:
+def start_server(base: Path = BASE_DIR, extra_args: tuple[str, ...] = (), env: dict | None = None) -> ComfyServer:
     """The development host as a server process on a free loopback port, ready to take requests.
 
     Started with the pack's one launcher (add_turbo.server), the host's interpreter, its stand-ins and
-    `base` as base directory; output goes to the host's logs/server-PORT.log. Stop it with `stop()`.
+    `base` as base directory and `env` added to its environment; output goes to the host's
+    logs/server-PORT.log. Stop it with `stop()`.
     When it does not start it is stopped, and the RuntimeError raised holds its log.
     """
     require_host()
@@ -89,7 +90,7 @@ def start_server(base: Path = BASE_DIR, extra_args: tuple[str, ...] = ()) -> Com
     log_dir.mkdir(exist_ok=True)
     server = ComfyServer(COMFY_DIR, [*base_args(base), *extra_args], port=port, python=str(PYTHON),
                          log_path=log_dir / f"server-{port}.log",
-                         env={"PYTHONPATH": str(STUBS_DIR), "PYTHONUNBUFFERED": "1"})
+                         env={"PYTHONPATH": str(STUBS_DIR), "PYTHONUNBUFFERED": "1", **(env or {})})
     try:
         return server.wait_ready(timeout=120)
     except ServerStartError as error:

@@ -1,0 +1,183 @@
+"""A batch's workers on a Ray cluster: one actor per worker, each owning one ComfyUI server on its node
+(add_turbo.batch_worker.Renderer), fed through Ray's ActorPool.
+
+Why ActorPool and not Ray Data: the driver must see each item's outcome as it finishes, to write its
+image and manifest line at once (resume after Ctrl-C, exactly-once landing); the pool gives an actor
+its next item only when it is free, which is the backpressure; and actor restarts with task retries
+come from Ray Core. Ray Data would add a streaming executor and Arrow blocks of PNG bytes for none of
+that.
+
+Faults: actors are created with max_restarts=-1 and max_task_retries=-1. A worker whose ComfyUI dies
+exits its process (os._exit), so that Ray restarts the actor (a new ComfyUI) and retries the item it
+was rendering; an actor killed outright is restarted and retried the same way. Work may thus run
+twice; the driver keeps the first outcome of each item. A refused prompt is an outcome, not an error:
+never retried.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import uuid
+import warnings
+from pathlib import Path
+
+import aiohttp
+
+from .batch_worker import Renderer, WorkerStartError
+from .client import ServerUnreachable
+from .workflow import WorkflowError
+
+log = logging.getLogger("add_turbo.batch")
+PACK_DIR = Path(__file__).resolve().parents[1]
+NAMESPACE = "add_turbo_batch"  # the workers are named actors here: add_turbo_batch_<job key>_<run>_w<n>
+INSTALL_HINT = ('--ray needs Ray, which this Python does not have: pip install "add-turbo[ray]" '
+                '(or pip install "ray>=2.60"), on every node of the cluster')
+
+
+class RayMissing(WorkflowError):
+    """--ray without Ray installed."""
+
+
+def require_ray():
+    try:
+        import ray
+    except ImportError as error:
+        raise RayMissing(INSTALL_HINT) from error
+    return ray
+
+
+class RenderActor:
+    """A Ray actor around a Renderer. Its constructor never raises: a ComfyUI that does not start is
+    reported by ready() and raised by render(), so the driver names the worker instead of waiting."""
+
+    def __init__(self, name: str, job: str, comfyui: str | None, comfyui_args: list, threads: int | None):
+        import ray
+
+        from .cli import default_comfyui
+
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        self.name, self.node = name, ray.util.get_node_ip_address()
+        with warnings.catch_warnings():  # Ray 2.60 warns about an API it uses inside this property
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        # The items this worker name started on this node, across restarts: a second start is a retry.
+        self.started_log = Path(tempfile.gettempdir()) / "add_turbo_batch" / job / f"{name}.started"
+        self.started_log.parent.mkdir(parents=True, exist_ok=True)
+        self.start_error, self.renderer = None, None
+        try:
+            self.renderer = Renderer(name, comfyui=Path(comfyui) if comfyui else default_comfyui(),
+                                     comfyui_args=comfyui_args, threads=threads)
+        except WorkerStartError as error:
+            self.start_error = f"on node {self.node}: {error}"
+            log.error("ADD Turbo batch: %s", self.start_error)
+            return
+        log.info("ADD Turbo batch: worker %s on node %s: ComfyUI (pid %s) ready%s", name, self.node,
+                 self.renderer.server_pid, " after a restart" if self.restarted else "")
+
+    def ready(self) -> dict:
+        return {"name": self.name, "node": self.node, "error": self.start_error, "restarted": self.restarted,
+                "server_pid": self.renderer.server_pid if self.renderer else None}
+
+    def object_info(self) -> dict:
+        return self.renderer.object_info()
+
+    def render(self, item: dict) -> dict:
+        if self.start_error is not None:
+            raise WorkerStartError(self.start_error)
+        attempt = 1 + self._started_before(item["index"])
+        if attempt > 1:
+            log.info("ADD Turbo batch: worker %s retries item %s (attempt %s)", self.name, item["index"], attempt)
+        try:
+            if not self.renderer.server_alive():
+                raise ServerUnreachable(f"its ComfyUI (pid {self.renderer.server_pid}) has exited")
+            outcome = self.renderer.render(item)
+        except (ServerUnreachable, aiohttp.ClientError, ConnectionError) as error:
+            self._exit_for_restart(item, error)
+        return {**outcome, "node": self.node, "attempt": attempt, "restarted": self.restarted}
+
+    def _started_before(self, index: int) -> int:
+        text = self.started_log.read_text() if self.started_log.exists() else ""
+        with open(self.started_log, "a") as f:
+            f.write(f"{index}\n")
+        return text.split().count(str(index))
+
+    def _exit_for_restart(self, item: dict, error: BaseException) -> None:
+        log.warning("ADD Turbo batch: worker %s on node %s lost its ComfyUI during item %s (%s): exiting, so that "
+                    "Ray restarts this worker and retries the item", self.name, self.node, item["index"], error)
+        self.renderer.kill_server()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+
+class RayWorkers:
+    """The batch's workers as Ray actors. `address`: None starts Ray on this machine (unless this process
+    already runs it), "auto" or a cluster address joins a cluster."""
+
+    def __init__(self, address: str | None, job: str, workers: int | None, cpus_per_worker: float,
+                 gpus_per_worker: float, comfyui: str | None, comfyui_args: list, start_timeout: float = 300):
+        ray = self.ray = require_ray()
+        from ray.util import ActorPool
+
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, log_to_driver=True)
+        resources = ray.cluster_resources()
+        if workers is None:
+            fits = [resources.get("CPU", 0) // max(cpus_per_worker, 1e-9)]
+            if gpus_per_worker:
+                fits.append(resources.get("GPU", 0) // gpus_per_worker)
+            workers = max(1, int(min(fits)))
+        run = f"{job}_{uuid.uuid4().hex[:6]}"  # actor names are unique per run (a killed run's names free up late)
+        env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(PACK_DIR), os.environ.get("PYTHONPATH")]))}
+        actor_class = ray.remote(RenderActor)
+        threads = max(1, int(cpus_per_worker)) if not gpus_per_worker else None
+        self.actors = [actor_class.options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=-1,
+                                           max_task_retries=-1, name=f"add_turbo_batch_{run}_w{i + 1}", namespace=NAMESPACE,
+                                           runtime_env={"env_vars": env}).remote(
+            f"w{i + 1}", run, comfyui, list(comfyui_args), threads) for i in range(workers)]
+        try:
+            states = ray.get([a.ready.remote() for a in self.actors], timeout=start_timeout)
+        except ray.exceptions.GetTimeoutError as error:
+            self.close()
+            raise WorkerStartError(
+                f"{workers} workers x {cpus_per_worker} CPU(s)" + (f" x {gpus_per_worker} GPU(s)" if gpus_per_worker else "")
+                + f" did not all start in {start_timeout:.0f} s; the cluster has {json.dumps(resources)}: "
+                "ask for fewer --workers or fewer --cpus-per-worker") from error
+        failed = [s for s in states if s["error"]]
+        if failed:
+            self.close()
+            raise WorkerStartError("\n".join(f"worker {s['name']} {s['error']}" for s in failed))
+        self.states = states
+        self.pool = ActorPool(self.actors)
+
+    def object_info(self) -> dict:
+        return self.ray.get(self.actors[0].object_info.remote())
+
+    def outcomes(self, items):
+        """Outcomes of `items` (an iterable of item dicts) as they finish; an actor gets an item when free."""
+        items = iter(items)
+        pending = 0
+        while True:
+            while self.pool.has_free():
+                item = next(items, None)
+                if item is None:
+                    break
+                self.pool.submit(lambda actor, it: actor.render.remote(it), item)
+                pending += 1
+            if not pending:
+                return
+            outcome = self.pool.get_next_unordered()
+            pending -= 1
+            yield outcome
+
+    def describe(self) -> str:
+        nodes = sorted({s["node"] for s in self.states})
+        return f"{len(self.actors)} Ray workers on {len(nodes)} node(s) ({', '.join(nodes)})"
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor, no_restart=True)

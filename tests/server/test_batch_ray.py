@@ -1,0 +1,140 @@
+"""python -m add_turbo batch --ray: Ray on this machine (2 CPUs), two workers of one CPU each, each owning a
+real ComfyUI. Every item lands exactly once and equals the lone `run` of its seed, through a killed
+ComfyUI and a killed actor; a worker that cannot start is named, not waited for."""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from add_turbo import cli as add_turbo_cli
+from add_turbo.batch import pixel_hash
+from add_turbo.batch_worker import thread_env
+from add_turbo.ray_batch import NAMESPACE
+from devkit import host
+from tests.support.batch import cli_env, comfy_args, lone_pixel_hashes, manifest, write_prompt
+
+ray = pytest.importorskip("ray", reason="the host build installs ray (scripts/requirements-dev.txt)")
+
+SEEDS = range(12)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """Ray on this machine with 2 CPUs; the workers' ComfyUIs get the host's stand-ins on their path."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", cli_env()["PYTHONPATH"])
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+        yield ray
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def workflow(tiny_models, tmp_path_factory):
+    return write_prompt(tmp_path_factory.mktemp("batch") / "prompt.json", tiny_models["sd_turbo"].single_file.name)
+
+
+@pytest.fixture(scope="module")
+def lone(workflow, tiny_models, tmp_path_factory):
+    """seed -> pixel hash of the lone `run`, on a server with one torch thread like each worker."""
+    srv = host.start_server(env=thread_env(1))
+    try:
+        return lone_pixel_hashes(workflow, srv.url, SEEDS, tmp_path_factory.mktemp("lone"))
+    finally:
+        srv.stop()
+
+
+def batch(workflow, out, *extra):
+    return add_turbo_cli.main(["batch", str(workflow), "--out", str(out), "--sweep", f"ADDTurboSample.seed=0:{len(SEEDS)}",
+                               "--ray", "--workers", "2", "--cpus-per-worker", "1", "--comfyui", str(host.COMFY_DIR),
+                               "--comfyui-args", comfy_args(), *extra])
+
+
+def assert_every_image_once(out, lone) -> list[dict]:
+    _, lines = manifest(out)
+    assert sorted(line["index"] for line in lines) == list(SEEDS)  # each item exactly once
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(line["files"][0] for line in lines)
+    for line in lines:
+        assert line["status"] == "done", line
+        assert pixel_hash((out / line["files"][0]).read_bytes()) == line["pixels_sha256"][0] == lone[line["index"]]
+    return lines
+
+
+def test_two_workers_render_the_sweep_each_image_equal_to_its_lone_run(ray_cluster, workflow, lone, tmp_path, capfd):
+    assert batch(workflow, tmp_path / "out") == 0
+    lines = assert_every_image_once(tmp_path / "out", lone)
+    assert {line["worker"] for line in lines} == {"w1", "w2"}
+    assert "12 done, 0 skipped" in capfd.readouterr().err
+
+
+def _kill_after_first_image(out, worker, kill):
+    """In the background: once `worker` has landed an image, kill() with that manifest line."""
+    def watch():
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if (out / "manifest.jsonl").exists():
+                lines = manifest(out)[1]
+                first = next((line for line in lines if line["worker"] == worker), None)
+                if first is not None:
+                    kill(first)
+                    return
+            time.sleep(0.02)
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def _restarted_and_retried(lines, worker, before_pid):
+    mine = [line for line in lines if line["worker"] == worker]
+    after = [line for line in mine if line["server_pid"] != before_pid]
+    print(f"\nworker {worker}: {len(mine)} images, {len(after)} after the restart (ComfyUI pid {before_pid} -> "
+          f"{sorted({line['server_pid'] for line in after})}); retried items: "
+          f"{[(line['index'], line['attempt']) for line in lines if line['attempt'] > 1]}")
+    assert after, "the restarted worker made none"
+
+
+def test_a_killed_comfyui_is_restarted_and_its_item_retried(ray_cluster, workflow, lone, tmp_path, capfd):
+    killed = {}
+
+    def kill(line):
+        killed["pid"] = line["server_pid"]
+        os.kill(line["server_pid"], signal.SIGKILL)
+
+    out = tmp_path / "out"
+    watcher = _kill_after_first_image(out, "w2", kill)
+    assert batch(workflow, out) == 0
+    watcher.join(timeout=1)
+    lines = assert_every_image_once(out, lone)
+    _restarted_and_retried(lines, "w2", killed["pid"])
+    err = capfd.readouterr().err
+    assert "lost its ComfyUI" in err or "after a restart" in err or any(line["attempt"] > 1 for line in lines), err
+
+
+def test_a_killed_actor_is_restarted_and_its_item_retried(ray_cluster, workflow, lone, tmp_path):
+    killed = {}
+
+    def kill(line):
+        killed["pid"] = line["server_pid"]
+        names = ray.util.list_named_actors(all_namespaces=True)
+        name = next(n["name"] for n in names if n["namespace"] == NAMESPACE and n["name"].endswith("_w2"))
+        ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=False)
+
+    out = tmp_path / "out"
+    watcher = _kill_after_first_image(out, "w2", kill)
+    assert batch(workflow, out) == 0
+    watcher.join(timeout=1)
+    lines = assert_every_image_once(out, lone)
+    _restarted_and_retried(lines, "w2", killed["pid"])
+
+
+def test_a_worker_that_cannot_start_is_named_with_its_log(ray_cluster, workflow, tmp_path, capfd):
+    start = time.time()
+    code = batch(workflow, tmp_path / "out", "--comfyui-args", f"{comfy_args()} --port not-a-port")
+    err = capfd.readouterr().err
+    assert code == 1, err
+    assert "worker w1 on node" in err and "did not start: ComfyUI exited during start-up" in err, err
+    assert "invalid int value: 'not-a-port'" in err  # the last lines of its log
+    assert time.time() - start < 240
+    assert manifest(tmp_path / "out")[1] == []  # nothing rendered, nothing recorded
