@@ -161,7 +161,8 @@ def land(outcome: dict, item: sweep.Item, out: Path, manifest: Manifest) -> None
     manifest.record({"index": item.index, "overrides": dict(item.overrides), "files": files, "pixels_sha256": hashes,
                      "worker": outcome.get("worker"), "node": outcome.get("node"),
                      "server_pid": outcome.get("server_pid"), "attempt": outcome.get("attempt", 1),
-                     "seconds": round(outcome.get("seconds", 0.0), 3), "finished_at": round(time.time(), 3),
+                     "seconds": round(outcome.get("seconds", 0.0), 3),
+                     "server_seconds": outcome.get("server_seconds"), "finished_at": round(time.time(), 3),
                      "status": outcome["status"],
                      "error": outcome.get("error")})
 

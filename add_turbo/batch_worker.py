@@ -3,7 +3,8 @@ keeping its models loaded from item to item. The local batch drives one directly
 owns one (add_turbo.ray_batch).
 
 An item goes in as {"index", "prompt" (API format), "extra_data"}; an outcome comes out as {"index",
-"status" ("done" or "failed"), "images" [(name, PNG bytes)], "error", "seconds", "worker", "server_pid"}.
+"status" ("done" or "failed"), "images" [(name, PNG bytes)], "error", "seconds" (the worker's, queue to
+PNG fetched), "server_seconds" (the server's execution), "worker", "server_pid"}.
 A refused or failed prompt is a failed outcome (the server's message kept); a server that is gone
 raises (ServerUnreachable or aiohttp's errors), which the caller turns into a restart or a stop.
 """
@@ -83,7 +84,8 @@ class Renderer:
         if not result.images:
             return {**outcome, "status": "failed", "seconds": time.perf_counter() - start,
                     "error": "the workflow saved no image (add a Save Image node)"}
-        return {**outcome, "status": "done", "images": result.images, "seconds": time.perf_counter() - start}
+        return {**outcome, "status": "done", "images": result.images, "seconds": time.perf_counter() - start,
+                "server_seconds": result.server_seconds}
 
     def close(self) -> None:
         try:

@@ -40,7 +40,16 @@ class ServerUnreachable(ConnectionError):
 class Result:
     prompt_id: str
     images: list[tuple[str, bytes]] = field(default_factory=list)  # (file name, PNG bytes)
-    seconds: float = 0.0
+    seconds: float = 0.0  # queue to images fetched, on this side
+    server_seconds: float | None = None  # the server's execution, start to success (its history's timestamps)
+
+
+def execution_seconds(entry: dict) -> float | None:
+    """Seconds from execution_start to execution_success in a history entry's status messages."""
+    stamps = {kind: data.get("timestamp") for kind, data in entry.get("status", {}).get("messages", [])}
+    if stamps.get("execution_start") is None or stamps.get("execution_success") is None:
+        return None
+    return (stamps["execution_success"] - stamps["execution_start"]) / 1000
 
 
 def _format_node_errors(body: dict) -> str:
@@ -144,8 +153,10 @@ class Client:
                                   data)
             elif kind == "execution_interrupted":
                 raise PromptError("execution was interrupted")
-        result = Result(prompt_id, seconds=time.perf_counter() - start)
-        result.images = await self.images(prompt_id)
+        entry = await self.history(prompt_id)
+        result = Result(prompt_id, server_seconds=execution_seconds(entry))
+        result.images = await self.images(prompt_id, entry=entry)
+        result.seconds = time.perf_counter() - start
         return result
 
     async def history(self, prompt_id: str | None = None) -> dict:
@@ -177,11 +188,12 @@ class Client:
                 raise PromptError(f"the server sent no image {image.get('filename')} (GET /view: {response.status})")
             return await response.read()
 
-    async def images(self, prompt_id: str, saved_only: bool = True) -> list[tuple[str, bytes]]:
+    async def images(self, prompt_id: str, saved_only: bool = True, entry: dict | None = None) -> list[tuple[str, bytes]]:
         """(file name, bytes) of each image a finished prompt's output nodes wrote: the saved ones
-        (type "output"), or with saved_only=False the previews (type "temp") too."""
+        (type "output"), or with saved_only=False the previews (type "temp") too. `entry`: its history
+        entry, when already fetched."""
         out = []
-        for node_output in (await self.history(prompt_id)).get("outputs", {}).values():
+        for node_output in (entry or await self.history(prompt_id)).get("outputs", {}).values():
             for image in node_output.get("images", []):
                 if saved_only and image.get("type") != "output":
                     continue

@@ -3,9 +3,12 @@
 
 Two models: the tiny SD-Turbo at 64 px, and the full-size random SD-Turbo on the pack's CPU fast path
 (weight_dtype fast, TAESD, engine) at 512 px. images/s is taken from the manifest's finish times,
-first image to last (worker start-up and model loading excluded). The overhead: the same items run
+first image to last, per worker (start-up and model loading excluded). The overhead: the same items run
 on one one-thread server, directly (the pack's client: queue, follow, fetch the PNG) and as a batch
-(driver, manifest, PNG written and hashed); per item, in ms and as a share of the image time.
+(driver, manifest, PNG written and hashed), each as its time per item beyond the server's own execution
+(the history's timestamps) in the same run, so that the machine's drift between runs cancels; their
+difference per item, in ms and as a share of the image time. images/s counts each worker's images
+after its first (model loading excluded).
 
   scripts/bench.sh scale                    # both models, markdown to bench/results_scale.md
   scripts/bench.sh scale --models tiny --items 24
@@ -30,8 +33,8 @@ from devkit import host
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {
-    "tiny": {"size": 64, "items": 24, "overhead_items": 12, "label": "tiny SD-Turbo, 64 px"},
-    "full": {"size": 512, "items": 8, "overhead_items": 4, "label": "full-size SD-Turbo, 512 px, CPU fast path"},
+    "tiny": {"size": 64, "items": 48, "overhead_items": 48, "label": "tiny SD-Turbo, 64 px"},
+    "full": {"size": 512, "items": 10, "overhead_items": 6, "label": "full-size SD-Turbo, 512 px, CPU fast path"},
 }
 
 
@@ -72,39 +75,58 @@ def _batch(workflow: Path, out: Path, items: int, *extra) -> list[dict]:
     return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()[1:]]
 
 
-def images_per_s(lines: list[dict]) -> float:
-    """Images per second from the first finished image to the last (start-up and loading excluded)."""
-    times = sorted(line["finished_at"] for line in lines)
-    return (len(times) - 1) / (times[-1] - times[0])
+def steady_images_per_s(lines: list[dict]) -> float:
+    """Images per second once every worker has its model loaded: each worker's images after its first,
+    over the time from its first finish to its last, summed over the workers."""
+    rate = 0.0
+    for worker in {line["worker"] for line in lines}:
+        times = sorted(line["finished_at"] for line in lines if line["worker"] == worker)
+        if len(times) > 1:
+            rate += (len(times) - 1) / (times[-1] - times[0])
+    return rate
+
+
+def cost_beyond_server(cycles_s: float, lines_or_seconds) -> float:
+    """Seconds per item beyond the server's own execution: the cycle less the mean execution time."""
+    return cycles_s - statistics.mean(lines_or_seconds)
 
 
 def overhead(workflow: Path, folder: Path, items: int) -> dict:
-    """Per item on one one-thread server: direct run (the client) vs batch (driver + manifest), in s."""
+    """Per item on one one-thread server, each against the server's own execution time (its history's
+    timestamps) in the same run: a direct run (the pack's client: queue, follow, fetch the PNG) and the
+    batch (that, plus the driver: item prompt, dispatch, PNG written and hashed, manifest line)."""
     from add_turbo.batch_worker import thread_env
     from add_turbo.client import Client
 
     prompt = json.loads(workflow.read_text())
     srv = host.start_server(env=thread_env(1))
 
-    async def direct(seeds):
+    async def direct(seeds) -> list[float]:
+        executions = []
         async with Client(srv.url, progress=lambda data: None) as client:
             for seed in seeds:
                 prompt["4"]["inputs"]["seed"] = seed
-                await client.run(prompt)
+                # a folder of its own per image, as batch gives each item: the server's next-file-name scan
+                # of a crowded output folder is not what is measured
+                prompt["6"]["inputs"]["filename_prefix"] = f"add_turbo_scale/{folder.name}/{seed}"
+                executions.append((await client.run(prompt)).server_seconds)
+        return executions
 
     try:
         asyncio.run(direct([10_000]))  # load the model, warm up
         start = time.perf_counter()
-        asyncio.run(direct(range(items)))
-        direct_s = (time.perf_counter() - start) / items
-        # the batch driver's own start (imports, object_info) is paid once per job: measured from its lines
+        executions = asyncio.run(direct(range(items)))
+        direct_cycle = (time.perf_counter() - start) / items
         lines = _batch(workflow, folder / "overhead", items, "--server", srv.url)
-        batch_s = (lines[-1]["finished_at"] - lines[0]["finished_at"]) / (items - 1)
-        warm = _batch(workflow, folder / "overhead2", items, "--server", srv.url)
-        batch_s = min(batch_s, (warm[-1]["finished_at"] - warm[0]["finished_at"]) / (items - 1))
     finally:
         srv.stop()
-    return {"direct_s": direct_s, "batch_s": batch_s, "overhead_ms": 1000 * (batch_s - direct_s)}
+    lines.sort(key=lambda line: line["finished_at"])
+    batch_cycle = (lines[-1]["finished_at"] - lines[0]["finished_at"]) / (len(lines) - 1)
+    direct_extra = cost_beyond_server(direct_cycle, executions)
+    batch_extra = cost_beyond_server(batch_cycle, [line["server_seconds"] for line in lines[1:]])
+    return {"execution_s": statistics.mean(executions), "direct_s": direct_cycle, "batch_s": batch_cycle,
+            "direct_extra_ms": 1000 * direct_extra, "batch_extra_ms": 1000 * batch_extra,
+            "overhead_ms": 1000 * (batch_extra - direct_extra)}
 
 
 def measure(model: str, items: int | None, folder: Path) -> dict:
@@ -116,7 +138,7 @@ def measure(model: str, items: int | None, folder: Path) -> dict:
     for workers in (1, 2):
         lines = _batch(workflow, folder / model / f"ray{workers}", items, "--ray", "--workers", str(workers),
                        "--cpus-per-worker", "1")
-        row[f"ips_{workers}"] = images_per_s(lines)
+        row[f"ips_{workers}"] = steady_images_per_s(lines)
         row[f"image_s_{workers}"] = statistics.median(line["seconds"] for line in lines)
         print(f"{model}: {workers} worker(s): {row[f'ips_{workers}']:.3f} images/s", flush=True)
     row["scaling"] = row["ips_2"] / row["ips_1"]
@@ -127,13 +149,18 @@ def measure(model: str, items: int | None, folder: Path) -> dict:
 def report(rows: list[dict]) -> str:
     lines = ["# Batch on Ray: images/s and overhead", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}. Ray on this machine, "
-             "each worker one ComfyUI with 1 CPU (1 torch thread). images/s from the first finished image to the last.",
-             "", "| model | 1 worker x 1 CPU, images/s | 2 workers x 1 CPU, images/s | 2 vs 1 | image s (1 thread) | "
-             "direct run s/item | batch s/item | overhead ms/item | overhead % |", "|---|---|---|---|---|---|---|---|---|"]
+             "each worker one ComfyUI with 1 CPU (1 torch thread). images/s once the models are loaded (each worker's "
+             "images after its first, over its first to last finish, summed). Overhead: on one one-thread server, the "
+             "time per item beyond the server's own execution (its history's timestamps), for a direct run (the client: "
+             "queue, follow, fetch the PNG) and for the batch (that, plus the driver); their difference is the batch's "
+             "overhead.",
+             "", "| model | 1 worker x 1 CPU, images/s | 2 workers x 1 CPU, images/s | 2 vs 1 | server execution "
+             "s/image | direct run beyond it, ms | batch beyond it, ms | batch overhead over direct, ms/item | of the "
+             "image time |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['ips_1']:.3f} | {r['ips_2']:.3f} | {r['scaling']:.2f}x | {r['image_s_1']:.2f} | "
-                     f"{r['direct_s']:.3f} | {r['batch_s']:.3f} | {r['overhead_ms']:.1f} | "
-                     f"{100 * r['overhead_ms'] / 1000 / r['direct_s']:.1f} % |")
+        lines.append(f"| {r['model']} | {r['ips_1']:.3f} | {r['ips_2']:.3f} | {r['scaling']:.2f}x | "
+                     f"{r['execution_s']:.3f} | {r['direct_extra_ms']:.1f} | {r['batch_extra_ms']:.1f} | "
+                     f"{r['overhead_ms']:.1f} | {100 * r['overhead_ms'] / 1000 / r['execution_s']:.1f} % |")
     return "\n".join(lines) + "\n"
 
 

@@ -87,6 +87,13 @@ def test_registry_metadata():
     assert not any(line.strip().startswith("torch") for line in requirements), "never install torch over the user's"
 
 
+def test_only_the_batch_on_ray_imports_ray():
+    """Ray is an optional extra for `batch --ray`: the nodes and the rest of the CLI never import it."""
+    importers = sorted(str(path.relative_to(REPO)) for path in [*REPO.glob("nodes/**/*.py"), *REPO.glob("add_turbo/**/*.py")]
+                       if re.search(r"^\s*(import ray|from ray\b)", path.read_text(), re.MULTILINE))
+    assert importers == ["add_turbo/ray_batch.py"]
+
+
 def test_no_eval_exec_or_print_in_shipped_code():
     for folder in ("add_turbo", "nodes"):
         for path in (REPO / folder).rglob("*.py"):

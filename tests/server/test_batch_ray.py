@@ -4,6 +4,8 @@ ComfyUI and a killed actor; a worker that cannot start is named, not waited for.
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -14,7 +16,7 @@ from add_turbo.batch import pixel_hash
 from add_turbo.batch_worker import thread_env
 from add_turbo.ray_batch import NAMESPACE
 from devkit import host
-from tests.support.batch import cli_env, comfy_args, lone_pixel_hashes, manifest, write_prompt
+from tests.support.batch import REPO, cli_env, comfy_args, lone_pixel_hashes, manifest, write_prompt
 
 ray = pytest.importorskip("ray", reason="the host build installs ray (scripts/requirements-dev.txt)")
 
@@ -60,6 +62,32 @@ def assert_every_image_once(out, lone) -> list[dict]:
         assert line["status"] == "done", line
         assert pixel_hash((out / line["files"][0]).read_bytes()) == line["pixels_sha256"][0] == lone[line["index"]]
     return lines
+
+
+def test_ctrl_c_stops_the_workers_and_the_rerun_renders_exactly_the_rest(workflow, lone, tmp_path):
+    """The driver in a process of its own (Ray started there: --ray), interrupted after k images. Runs
+    before the module's in-process Ray starts, so that the two never share the machine."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "add_turbo", "batch", str(workflow), "--out", str(out),
+               "--sweep", f"ADDTurboSample.seed=0:{len(SEEDS)}", "--ray", "--workers", "2", "--cpus-per-worker", "1",
+               "--comfyui", str(host.COMFY_DIR), "--comfyui-args", comfy_args()]
+    proc = subprocess.Popen(command, cwd=REPO, env=cli_env(), stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(_lines(out)) < 3:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    k = len(manifest(out)[1])
+    assert proc.returncode == 130 and 3 <= k < len(SEEDS), (proc.returncode, k, stderr[-3000:])
+    rerun = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"{len(SEEDS) - k} done, {k} skipped" in rerun.stderr
+    assert_every_image_once(out, lone)
+
+
+def _lines(out):
+    path = out / "manifest.jsonl"
+    return path.read_text().splitlines()[1:] if path.exists() else []
 
 
 def test_two_workers_render_the_sweep_each_image_equal_to_its_lone_run(ray_cluster, workflow, lone, tmp_path, capfd):
@@ -129,6 +157,19 @@ def test_a_killed_actor_is_restarted_and_its_item_retried(ray_cluster, workflow,
     _restarted_and_retried(lines, "w2", killed["pid"])
 
 
+def test_a_refused_item_is_recorded_failed_once_and_not_retried(ray_cluster, workflow, tmp_path, capfd):
+    out = tmp_path / "out"
+    code = add_turbo_cli.main(["batch", str(workflow), "--out", str(out), "--sweep", "ADDTurboSample.steps=1,0,2,3",
+                               "--ray", "--workers", "2", "--cpus-per-worker", "1", "--comfyui", str(host.COMFY_DIR),
+                               "--comfyui-args", comfy_args()])
+    err = capfd.readouterr().err
+    assert code == 1 and "3 done, 0 skipped" in err and "1 failed" in err, err
+    _, lines = manifest(out)
+    assert sorted(line["index"] for line in lines) == [0, 1, 2, 3]
+    (failed,) = [line for line in lines if line["status"] == "failed"]
+    assert failed["index"] == 1 and "steps" in failed["error"] and failed["attempt"] == 1 and failed["files"] == []
+
+
 def test_a_worker_that_cannot_start_is_named_with_its_log(ray_cluster, workflow, tmp_path, capfd):
     start = time.time()
     code = batch(workflow, tmp_path / "out", "--comfyui-args", f"{comfy_args()} --port not-a-port")
@@ -138,3 +179,7 @@ def test_a_worker_that_cannot_start_is_named_with_its_log(ray_cluster, workflow,
     assert "invalid int value: 'not-a-port'" in err  # the last lines of its log
     assert time.time() - start < 240
     assert manifest(tmp_path / "out")[1] == []  # nothing rendered, nothing recorded
+    # no ComfyUI at all where --comfyui points
+    code = batch(workflow, tmp_path / "out", "--comfyui", str(tmp_path / "no-comfyui"))
+    err = capfd.readouterr().err
+    assert code == 1 and "worker w1 on node" in err and f"no ComfyUI at {tmp_path / 'no-comfyui'}" in err, err
