@@ -169,12 +169,12 @@ class Client:
         """
         if prompt_id is None:
             return await self.get_json("/history")
-        for _ in range(200):
+        for _ in range(1000):  # 10 s; the entry usually lands within a few ms (a long poll adds to every run)
             async with self.session.get(f"{self.url}/history/{prompt_id}") as response:
                 entry = (await response.json()).get(prompt_id)
             if entry is not None:
                 return entry
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.01)
         raise PromptError(f"the server kept no history for prompt {prompt_id}")
 
     async def view(self, image: dict) -> bytes:

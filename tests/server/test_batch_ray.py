@@ -2,12 +2,14 @@
 real ComfyUI. Every item lands exactly once and equals the lone `run` of its seed, through a killed
 ComfyUI and a killed actor; a worker that cannot start is named, not waited for."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +17,7 @@ from add_turbo import cli as add_turbo_cli
 from add_turbo.batch import pixel_hash
 from add_turbo.batch_worker import thread_env
 from add_turbo.ray_batch import NAMESPACE
+from add_turbo.server import free_port
 from devkit import host
 from tests.support.batch import REPO, cli_env, comfy_args, lone_pixel_hashes, manifest, write_prompt
 
@@ -65,27 +68,64 @@ def assert_every_image_once(out, lone) -> list[dict]:
 
 
 def test_ctrl_c_stops_the_workers_and_the_rerun_renders_exactly_the_rest(workflow, lone, tmp_path):
-    """The driver in a process of its own (Ray started there: --ray), interrupted after k images. Runs
-    before the module's in-process Ray starts, so that the two never share the machine."""
-    out = tmp_path / "out"
+    """The driver in a process of its own (Ray started there: --ray), interrupted once 3 images have
+    landed; the sweep is long enough that the signal always comes before its end. Runs before the
+    module's in-process Ray starts, so that the two never share the machine."""
+    out, count = tmp_path / "out", 60
     command = [sys.executable, "-m", "add_turbo", "batch", str(workflow), "--out", str(out),
-               "--sweep", f"ADDTurboSample.seed=0:{len(SEEDS)}", "--ray", "--workers", "2", "--cpus-per-worker", "1",
+               "--sweep", f"ADDTurboSample.seed=0:{count}", "--ray", "--workers", "2", "--cpus-per-worker", "1",
                "--comfyui", str(host.COMFY_DIR), "--comfyui-args", comfy_args()]
     proc = subprocess.Popen(command, cwd=REPO, env=cli_env(), stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and len(_lines(out)) < 3:
-        time.sleep(0.02)
+        time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     k = len(manifest(out)[1])
-    assert proc.returncode == 130 and 3 <= k < len(SEEDS), (proc.returncode, k, stderr[-3000:])
+    assert proc.returncode == 130 and 3 <= k < count, (proc.returncode, k, stderr[-3000:])
     rerun = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"{len(SEEDS) - k} done, {k} skipped" in rerun.stderr
-    assert_every_image_once(out, lone)
+    assert f"{count - k} done, {k} skipped" in rerun.stderr
+    _, lines = manifest(out)
+    assert sorted(line["index"] for line in lines) == list(range(count))  # each item exactly once
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(line["files"][0] for line in lines)
+    assert all(line["pixels_sha256"][0] == lone[line["index"]] for line in lines if line["index"] in lone)
+
+
+def test_joins_a_cluster_started_with_ray_start(workflow, lone, tmp_path):
+    """--ray auto (as the README's two-node example on the head node): the driver joins the cluster that
+    `ray start --head` started; the workers find the pack through the runtime environment the driver
+    gives them. (Ray 2.60's `ray start` turns token authentication on; `auto` finds the cluster's mode.)"""
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    port = str(free_port())
+    started = subprocess.run([ray_cli, "start", "--head", "--port", port, "--num-cpus", "2", "--include-dashboard",
+                              "false", "--disable-usage-stats"], capture_output=True, text=True, timeout=180, env=cli_env())
+    assert started.returncode == 0, started.stderr[-3000:]
+    try:
+        out = tmp_path / "out"
+        result = subprocess.run(
+            [sys.executable, "-m", "add_turbo", "batch", str(workflow), "--out", str(out), "--sweep",
+             "ADDTurboSample.seed=0:4", "--ray", "auto", "--cpus-per-worker", "1",
+             "--comfyui", str(host.COMFY_DIR), "--comfyui-args", comfy_args()],
+            cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "4 done, 0 skipped" in result.stderr and "2 Ray workers on 1 node(s)" in result.stderr
+        lines = manifest(out)[1]
+        assert all(line["pixels_sha256"][0] == lone[line["index"]] for line in lines) and len(lines) == 4
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+
+
+def _parsed(text: str) -> dict | None:
+    """A manifest line, or None while it is still being written."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 def _lines(out):
+    """The manifest's item lines as text, the last one possibly still being written."""
     path = out / "manifest.jsonl"
     return path.read_text().splitlines()[1:] if path.exists() else []
 
@@ -102,12 +142,10 @@ def _kill_after_first_image(out, worker, kill):
     def watch():
         deadline = time.time() + 300
         while time.time() < deadline:
-            if (out / "manifest.jsonl").exists():
-                lines = manifest(out)[1]
-                first = next((line for line in lines if line["worker"] == worker), None)
-                if first is not None:
-                    kill(first)
-                    return
+            first = next((line for line in map(_parsed, _lines(out)) if line and line["worker"] == worker), None)
+            if first is not None:
+                kill(first)
+                return
             time.sleep(0.02)
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
