@@ -153,11 +153,15 @@ def land(outcome: dict, item: sweep.Item, out: Path, manifest: Manifest) -> None
     """Write an outcome's images (each through a temporary file) and then its manifest line."""
     images = outcome.get("images") or []
     files, hashes = [], []
-    for k, (_, data) in enumerate(images):
-        name = f"{item.stem}.png" if len(images) == 1 else f"{item.stem}_{k}.png"
+    for k, (server_name, data) in enumerate(images):
+        suffix = Path(server_name).suffix or ".png"  # the server's own format (PNG, or WebP from an animated save)
+        name = f"{item.stem}{suffix}" if len(images) == 1 else f"{item.stem}_{k}{suffix}"
         write_atomic(out / name, data)
         files.append(name)
-        hashes.append(pixel_hash(data))
+        try:
+            hashes.append(pixel_hash(data))
+        except OSError as error:  # PIL cannot read it: the file is kept, without a pixel hash
+            hashes.append(f"unreadable: {error}")
     manifest.record({"index": item.index, "overrides": dict(item.overrides), "files": files, "pixels_sha256": hashes,
                      "worker": outcome.get("worker"), "node": outcome.get("node"),
                      "server_pid": outcome.get("server_pid"), "attempt": outcome.get("attempt", 1),

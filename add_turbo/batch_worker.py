@@ -52,15 +52,26 @@ class Renderer:
                 self.server.wait_ready()
             except ServerStartError as error:
                 tail = self.server.log_tail() if self.server is not None else ""
-                if self.server is not None:
-                    self.server.stop()
+                self._stop_server()
                 raise WorkerStartError(f"worker {name}: ComfyUI at {comfyui} did not start: {error}"
                                        + (f"\n--- last lines of its log ({log_path}):\n{tail}" if tail else "")) from error
+            except BaseException:  # Ctrl-C while it starts, or another failure: no half-started server left
+                self._stop_server()
+                raise
             url = self.server.url
         self.url = url
         self.loop = asyncio.new_event_loop()
         self.client = Client(url, progress=lambda data: None)
-        self.loop.run_until_complete(self.client.__aenter__())
+        try:
+            self.loop.run_until_complete(self.client.__aenter__())
+        except BaseException:
+            self.loop.close()
+            self._stop_server()
+            raise
+
+    def _stop_server(self) -> None:
+        if self.server is not None:
+            self.server.stop()
 
     @property
     def server_pid(self) -> int | None:
@@ -93,8 +104,7 @@ class Renderer:
         except Exception:  # noqa: BLE001 (closing a connection to a server that may be gone: nothing to save)
             pass
         self.loop.close()
-        if self.server is not None:
-            self.server.stop()
+        self._stop_server()
 
     def kill_server(self) -> None:
         """Stop the server at once (before this worker's process exits)."""

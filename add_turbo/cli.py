@@ -232,8 +232,9 @@ def batch_command(args) -> int:
     except (WorkflowError, WorkerStartError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except (ServerUnreachable, aiohttp.ClientError) as error:
-        print(f"error: lost the ComfyUI server ({error}); run the same command again to finish the job",
+    except (ServerUnreachable, aiohttp.ClientError, TimeoutError) as error:
+        print(f"error: lost the ComfyUI server ({error or type(error).__name__}); run the same command again to "
+              "finish the job",
               file=sys.stderr)
         return 1
     except Exception as error:  # Ray's own errors: a worker Ray could not restart, a lost cluster

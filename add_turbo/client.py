@@ -116,7 +116,13 @@ class Client:
         """
         body = {"prompt": prompt, "client_id": self.client_id, **({"extra_data": extra_data} if extra_data else {})}
         async with self.session.post(f"{self.url}/prompt", json=body) as r:
-            body = await r.json(content_type=None)
+            text = await r.text()
+            try:
+                body = json.loads(text)
+            except ValueError:
+                if r.status != 200:
+                    raise PromptError(f"the server refused the prompt (POST /prompt: {r.status}): {text[:500]}") from None
+                raise ServerUnreachable(f"{self.url} answered POST /prompt with no JSON: {text[:200]!r}") from None
             if r.status != 200:
                 raise PromptError(_format_node_errors(body), body)
         return body["prompt_id"]

@@ -25,11 +25,15 @@ class ManifestMismatch(WorkflowError):
 def write_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder and a rename."""
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(partial, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, path)
+    try:
+        with open(partial, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    except BaseException:  # Ctrl-C or a full disk mid-write: no partial file left behind
+        partial.unlink(missing_ok=True)
+        raise
 
 
 class Manifest:
@@ -68,11 +72,14 @@ class Manifest:
                 entry = json.loads(line)
             except ValueError:
                 continue  # a line torn by a crash: that item is rendered again
-            if line.endswith("\n") and isinstance(entry.get("index"), int):
+            if line.endswith("\n") and isinstance(entry, dict) and isinstance(entry.get("index"), int) \
+                    and entry.get("status") in ("done", "failed"):
                 self.finished[entry["index"]] = entry
                 whole.append(line)
         if len(whole) != len(lines):
             write_atomic(self.path, "".join(whole).encode())
+        for stale in self.path.parent.glob(".*.partial"):  # left by a process killed mid-write
+            stale.unlink(missing_ok=True)
 
     def record(self, entry: dict) -> None:
         """Append one item's line (one write, then fsync) and count it as finished."""

@@ -33,6 +33,7 @@ from .workflow import WorkflowError
 
 log = logging.getLogger("add_turbo.batch")
 PACK_DIR = Path(__file__).resolve().parents[1]
+MAX_ATTEMPTS = 3  # starts of one item on one worker whose ComfyUI died each time, before it is recorded failed
 NAMESPACE = "add_turbo_batch"  # the workers are named actors here: add_turbo_batch_<job key>_<run>_w<n>
 INSTALL_HINT = ('--ray needs Ray, which this Python does not have: pip install "add-turbo[ray]" '
                 '(or pip install "ray>=2.60"), on every node of the cluster')
@@ -67,12 +68,14 @@ class RenderActor:
         # The items this worker name started on this node, across restarts: a second start is a retry.
         self.started_log = Path(tempfile.gettempdir()) / "add_turbo_batch" / job / f"{name}.started"
         self.started_log.parent.mkdir(parents=True, exist_ok=True)
+        self.started = self.started_log.read_text().split() if self.started_log.exists() else []
         self.start_error, self.renderer = None, None
         try:
             self.renderer = Renderer(name, comfyui=Path(comfyui) if comfyui else default_comfyui(),
                                      comfyui_args=comfyui_args, threads=threads)
-        except WorkerStartError as error:
-            self.start_error = f"on node {self.node}: {error}"
+        except Exception as error:  # noqa: BLE001 (reported by ready() and raised by render(), with its type)
+            detail = str(error) if isinstance(error, WorkerStartError) else f"{type(error).__name__}: {error}"
+            self.start_error = f"on node {self.node}: {detail}"
             log.error("ADD Turbo batch: %s", self.start_error)
             return
         log.info("ADD Turbo batch: worker %s on node %s: ComfyUI (pid %s) ready%s", name, self.node,
@@ -89,21 +92,27 @@ class RenderActor:
         if self.start_error is not None:
             raise WorkerStartError(self.start_error)
         attempt = 1 + self._started_before(item["index"])
+        if attempt > MAX_ATTEMPTS:  # its ComfyUI died on it each time (out of memory?): stop retrying it
+            return {"index": item["index"], "status": "failed", "images": [], "seconds": 0.0, "worker": self.name,
+                    "server_pid": self.renderer.server_pid, "node": self.node, "attempt": attempt,
+                    "error": f"ComfyUI died {MAX_ATTEMPTS} times on this item (see the worker's log); not retried"}
         if attempt > 1:
             log.info("ADD Turbo batch: worker %s retries item %s (attempt %s)", self.name, item["index"], attempt)
         try:
             if not self.renderer.server_alive():
                 raise ServerUnreachable(f"its ComfyUI (pid {self.renderer.server_pid}) has exited")
             outcome = self.renderer.render(item)
-        except (ServerUnreachable, aiohttp.ClientError, ConnectionError) as error:
+        except (ServerUnreachable, aiohttp.ClientError, ConnectionError, TimeoutError) as error:
             self._exit_for_restart(item, error)
         return {**outcome, "node": self.node, "attempt": attempt, "restarted": self.restarted}
 
     def _started_before(self, index: int) -> int:
-        text = self.started_log.read_text() if self.started_log.exists() else ""
+        """How often this worker (across its restarts on this node) started the item before; records this start."""
+        before = self.started.count(str(index))
         with open(self.started_log, "a") as f:
             f.write(f"{index}\n")
-        return text.split().count(str(index))
+        self.started.append(str(index))
+        return before
 
     def _exit_for_restart(self, item: dict, error: BaseException) -> None:
         log.warning("ADD Turbo batch: worker %s on node %s lost its ComfyUI during item %s (%s): exiting, so that "
@@ -123,8 +132,8 @@ class RayWorkers:
         ray = self.ray = require_ray()
         from ray.util import ActorPool
 
-        if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=True)
+        if not ray.is_initialized():  # "local": a new Ray on this machine, even where RAY_ADDRESS names a cluster
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=True)
         resources = ray.cluster_resources()
         if workers is None:
             fits = [resources.get("CPU", 0) // max(cpus_per_worker, 1e-9)]
@@ -147,6 +156,12 @@ class RayWorkers:
                 f"{workers} workers x {cpus_per_worker} CPU(s)" + (f" x {gpus_per_worker} GPU(s)" if gpus_per_worker else "")
                 + f" did not all start in {start_timeout:.0f} s; the cluster has {json.dumps(resources)}: "
                 "ask for fewer --workers or fewer --cpus-per-worker") from error
+        except ray.exceptions.RayError as error:  # an actor that died starting (the pack not importable there...)
+            self.close()
+            raise WorkerStartError(f"a worker could not start: {error}") from error
+        except BaseException:  # Ctrl-C while the workers start
+            self.close()
+            raise
         failed = [s for s in states if s["error"]]
         if failed:
             self.close()
