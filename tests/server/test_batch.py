@@ -3,10 +3,8 @@ lone `run` of its overrides, a manifest line each, resumable; bad specs refused 
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,16 @@ from PIL import Image
 from add_turbo.batch import pixel_hash
 from add_turbo.batch_worker import thread_env
 from devkit import host
-from tests.support.batch import REPO, cli, cli_env, comfy_args, lone_pixel_hashes, manifest, write_prompt
+from tests.support.batch import (
+    REPO,
+    cli,
+    cli_env,
+    comfy_args,
+    interrupt_after,
+    lone_pixel_hashes,
+    manifest,
+    write_prompt,
+)
 
 SEEDS = range(3, 7)
 
@@ -125,13 +132,8 @@ def test_ctrl_c_leaves_a_consistent_manifest_and_the_rerun_renders_the_rest(tiny
     command = [sys.executable, "-m", "add_turbo", "batch", str(workflow), "--out", str(out), "--sweep",
                f"ADDTurboSample.seed=0:{count}", "--cpus-per-worker", "1", "--comfyui", str(host.COMFY_DIR),
                "--comfyui-args", comfy_args()]
-    proc = subprocess.Popen(command, cwd=REPO, env=cli_env(), stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and _items(out) < 3:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
+    code, stderr = interrupt_after(command, out)
+    assert code == 130, stderr
     k = _items(out)
     assert 3 <= k < count and "not rendered (interrupted: run the same command again" in stderr, stderr
     assert {p.name for p in out.glob("*.png")} >= {line["files"][0] for line in manifest(out)[1]}

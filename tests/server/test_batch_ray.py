@@ -19,7 +19,16 @@ from add_turbo.batch_worker import thread_env
 from add_turbo.ray_batch import NAMESPACE
 from add_turbo.server import free_port
 from devkit import host
-from tests.support.batch import REPO, cli_env, comfy_args, lone_pixel_hashes, manifest, write_prompt
+from tests.support.batch import (
+    REPO,
+    cli_env,
+    comfy_args,
+    interrupt_after,
+    item_lines,
+    lone_pixel_hashes,
+    manifest,
+    write_prompt,
+)
 
 ray = pytest.importorskip("ray", reason="the host build installs ray (scripts/requirements-dev.txt)")
 
@@ -75,14 +84,9 @@ def test_ctrl_c_stops_the_workers_and_the_rerun_renders_exactly_the_rest(workflo
     command = [sys.executable, "-m", "add_turbo", "batch", str(workflow), "--out", str(out),
                "--sweep", f"ADDTurboSample.seed=0:{count}", "--ray", "--workers", "2", "--cpus-per-worker", "1",
                "--comfyui", str(host.COMFY_DIR), "--comfyui-args", comfy_args()]
-    proc = subprocess.Popen(command, cwd=REPO, env=cli_env(), stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and len(_lines(out)) < 3:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    code, stderr = interrupt_after(command, out)
     k = len(manifest(out)[1])
-    assert proc.returncode == 130 and 3 <= k < count, (proc.returncode, k, stderr[-3000:])
+    assert code == 130 and 3 <= k < count, (code, k, stderr[-3000:])
     rerun = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"{count - k} done, {k} skipped" in rerun.stderr
@@ -125,9 +129,7 @@ def _parsed(text: str) -> dict | None:
 
 
 def _lines(out):
-    """The manifest's item lines as text, the last one possibly still being written."""
-    path = out / "manifest.jsonl"
-    return path.read_text().splitlines()[1:] if path.exists() else []
+    return item_lines(out)
 
 
 def test_two_workers_render_the_sweep_each_image_equal_to_its_lone_run(ray_cluster, workflow, lone, tmp_path, capfd):
@@ -161,19 +163,20 @@ def _restarted_and_retried(lines, worker, before_pid):
     assert after, "the restarted worker made none"
 
 
-def test_a_killed_comfyui_is_restarted_and_its_item_retried(ray_cluster, workflow, lone, tmp_path, capfd):
-    killed = {}
-
-    def kill(line):
-        killed["pid"] = line["server_pid"]
-        os.kill(line["server_pid"], signal.SIGKILL)
-
-    out = tmp_path / "out"
-    watcher = _kill_after_first_image(out, "w2", kill)
+def _sweep_with_a_kill(workflow, lone, out, kill) -> list[dict]:
+    """The 12-seed sweep while kill(pid of w2's ComfyUI) strikes after w2's first image: every image once,
+    and w2 made some after its restart."""
+    killed = []
+    watcher = _kill_after_first_image(out, "w2", lambda line: (killed.append(line["server_pid"]), kill(line)))
     assert batch(workflow, out) == 0
     watcher.join(timeout=1)
     lines = assert_every_image_once(out, lone)
-    _restarted_and_retried(lines, "w2", killed["pid"])
+    _restarted_and_retried(lines, "w2", killed[0])
+    return lines
+
+
+def test_a_killed_comfyui_is_restarted_and_its_item_retried(ray_cluster, workflow, lone, tmp_path, capfd):
+    lines = _sweep_with_a_kill(workflow, lone, tmp_path / "out", lambda line: os.kill(line["server_pid"], signal.SIGKILL))
     err = capfd.readouterr().err
     # the workers' own log (Ray forwards it to the driver, as it comes): the restart and the retry
     print("\n".join(line for line in err.replace("\r", "\n").splitlines() if "ADD Turbo batch" in line or "raylet" in line))
@@ -181,20 +184,12 @@ def test_a_killed_comfyui_is_restarted_and_its_item_retried(ray_cluster, workflo
 
 
 def test_a_killed_actor_is_restarted_and_its_item_retried(ray_cluster, workflow, lone, tmp_path):
-    killed = {}
-
     def kill(line):
-        killed["pid"] = line["server_pid"]
         names = ray.util.list_named_actors(all_namespaces=True)
         name = next(n["name"] for n in names if n["namespace"] == NAMESPACE and n["name"].endswith("_w2"))
         ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=False)
 
-    out = tmp_path / "out"
-    watcher = _kill_after_first_image(out, "w2", kill)
-    assert batch(workflow, out) == 0
-    watcher.join(timeout=1)
-    lines = assert_every_image_once(out, lone)
-    _restarted_and_retried(lines, "w2", killed["pid"])
+    _sweep_with_a_kill(workflow, lone, tmp_path / "out", kill)
 
 
 def test_a_refused_item_is_recorded_failed_once_and_not_retried(ray_cluster, workflow, tmp_path, capfd):

@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from devkit import host
@@ -50,3 +52,23 @@ def lone_pixel_hashes(workflow: Path, url: str, seeds, out: Path) -> dict:
         (path,) = result.stdout.split()
         hashes[seed] = pixel_hash(Path(path).read_bytes())
     return hashes
+
+
+def item_lines(out: Path) -> list[str]:
+    """The manifest's item lines as text, the last one possibly still being written."""
+    path = out / "manifest.jsonl"
+    return path.read_text().splitlines()[1:] if path.exists() else []
+
+
+def interrupt_after(command: list[str], out: Path, images: int = 3) -> tuple[int, str]:
+    """Run `command`, send it SIGINT once `images` manifest lines exist; (exit code, stderr)."""
+    # SIGINT as a terminal's Ctrl-C gives it, even where this run was started in the background (a shell
+    # starts background jobs with SIGINT ignored, and their children inherit that)
+    proc = subprocess.Popen(command, cwd=REPO, env=cli_env(), stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 300
+    while time.time() < deadline and len(item_lines(out)) < images:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    return proc.returncode, stderr
