@@ -4,18 +4,17 @@ batch sweep, a second start in a new process) and rewrites the report after each
 
 from __future__ import annotations
 
-import collections
 import json
 import statistics
 import subprocess
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import diffusers_runners, metrics, model_links, pack_runners, report
 from bench import gpu_plan as plan
+from bench.gpu_figures import Family, Runner
 from devkit import host
 
 STARTED = time.perf_counter()  # the time budget counts from here: bench.gpu imports this module first thing
@@ -42,38 +41,6 @@ def build_models(family: str, bench_dir: Path, smoke: bool = False):
     pipe = pipe.to(plan.DEVICE, torch.float16 if plan.DEVICE == "cuda" else torch.float32)
     print(f"[{family}] built and saved in {time.perf_counter() - started:.1f} s", flush=True)
     return name, pipe
-
-
-@dataclass
-class Runner:
-    """A loaded variant: how to make its images and which exact-path image they are compared with."""
-
-    run: object  # run(prompt, batch=1, keep=False, sync=True) -> Stages
-    decoder: str  # "full" or "taesd": which exact-path image it is compared with
-    mode: str  # "txt2img" or "refine"
-    load_s: float
-    note: str
-
-
-@dataclass
-class Family:
-    """One model family in this run: its models, loaded variants and every figure measured so far."""
-
-    name: str
-    ckpt: str
-    pipe: object
-    runners: dict = field(default_factory=dict)
-    totals: dict = field(default_factory=lambda: collections.defaultdict(list))  # variant -> [end to end s]
-    stages: dict = field(default_factory=lambda: collections.defaultdict(list))  # variant -> [{stage: s}]
-    first: dict = field(default_factory=dict)  # variant -> s of its first image (compiles, graph records)
-    diffs: dict = field(default_factory=dict)  # variant -> (max abs, PSNR dB)
-    sweep: dict = field(default_factory=dict)  # (variant, batch) -> [s per batch]
-    starts: dict = field(default_factory=dict)  # variant -> second start figures
-    engine: dict = field(default_factory=dict)  # variant -> engine status
-    notes: dict = field(default_factory=lambda: collections.defaultdict(list))  # variant or "" -> [text]
-    references: dict = field(default_factory=dict)  # (mode, decoder) -> exact path's image
-    paid: set = field(default_factory=set)  # one-time costs already spent (COSTS_S keys)
-    dropped: set = field(default_factory=set)  # variants that failed or were skipped
 
 
 class Budget:

@@ -186,7 +186,7 @@ def child(variant: str, size: int, batch: int, out_png: str | None) -> None:
     from PIL import Image
 
     from bench import metrics
-    from bench.speed import PROMPT, SEED, Timer
+    from bench.speed_run import PROMPT, SEED, Timer
 
     started = time.perf_counter()
     pipe, precision = _load_pipeline(variant, size, batch)

@@ -9,13 +9,10 @@ import re
 import statistics
 import subprocess
 import time
-from typing import TYPE_CHECKING
 
 from bench import gpu_plan as plan
+from bench.gpu_figures import BenchRun, Family
 from devkit import host
-
-if TYPE_CHECKING:
-    from bench.harness import Bench, Family
 
 
 def speed(fam: Family, variant: str, sweep: bool = False):
@@ -38,7 +35,7 @@ def _diff_text(fam: Family, variant: str) -> str:
     return "not checked" if diff is None else f"{diff[0]:.4f} / {diff[1]:.1f} dB"
 
 
-def evaluate(bench: Bench, target: plan.Target) -> list[str]:
+def evaluate(bench: BenchRun, target: plan.Target) -> list[str]:
     """One targets-table row: | target | bound | figure | variant | vs exact | met | vs diffusers compiled |."""
     fam = bench.families.get(target.family)
     measured = [(speed(fam, v, target.sweep), v) for v in target.pack] if fam else []
@@ -57,7 +54,7 @@ def evaluate(bench: Bench, target: plan.Target) -> list[str]:
     return [target.label, bound, figure, where, _diff_text(fam, variant), met, ratio]
 
 
-def targets_table(bench: Bench) -> list[str]:
+def targets_table(bench: BenchRun) -> list[str]:
     """The targets table: a row per target, the never-slower row, and a warm-up row per second start."""
     rows = [evaluate(bench, target) for target in plan.TARGETS]
     ratios = [float(r[6].split("x")[0]) for r in rows if r[6] not in ("", "-")]
@@ -144,7 +141,7 @@ def family_section(fam: Family) -> list[str]:
     return lines
 
 
-def render(bench: Bench) -> str:
+def render(bench: BenchRun) -> str:
     """The whole markdown of the run so far."""
     import torch
 

@@ -95,8 +95,8 @@ def overhead(workflow: Path, folder: Path, items: int) -> dict:
     """Per item on one one-thread server, each against the server's own execution time (its history's
     timestamps) in the same run: a direct run (the pack's client: queue, follow, fetch the PNG) and the
     batch (that, plus the driver: item prompt, dispatch, PNG written and hashed, manifest line)."""
-    from add_turbo.batch_worker import thread_env
-    from add_turbo.client import Client
+    from add_turbo.headless.batch_worker import thread_env
+    from add_turbo.headless.client import Client
 
     prompt = json.loads(workflow.read_text())
     srv = host.start_server(env=thread_env(1))

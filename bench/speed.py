@@ -17,7 +17,6 @@ variant is asked for); when it cannot be built the table says why and the other 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -28,13 +27,13 @@ import time
 from pathlib import Path
 
 from bench import metrics, model_links, openvino_peer
+from bench.speed_run import PROMPT, SEED, Timer
 from devkit import graphs, host
+from devkit.pack import pack_module
 
 REPO = Path(__file__).resolve().parents[1]
 
 CKPT = "bench_sd21_full_random.safetensors"
-PROMPT = "a cinematic photo of a red fox in the snow, golden hour"
-SEED = 1234
 VARIANTS = {
     "stock": "stock graph: CheckpointLoaderSimple + SDTurboScheduler + SamplerCustom (euler_ancestral) + VAEDecode",
     "pack_exact": "ADD Turbo exact: Loader defaults (fp32, full VAE, channels_last) + Sample (sai) + VAEDecode",
@@ -50,23 +49,6 @@ VARIANTS = {
     "diffusers_fp32_tiny": "diffusers fp32 + AutoencoderTiny (TAESD)",
     **openvino_peer.PEER_VARIANTS,
 }
-
-
-class Timer:
-    """Seconds and peak RSS (GiB) per stage of one run."""
-
-    def __init__(self):
-        self.stages, self.peaks = {}, {}
-
-    @contextlib.contextmanager
-    def stage(self, name):
-        metrics.reset_peak_rss()
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.stages[name] = self.stages.get(name, 0.0) + time.perf_counter() - start
-            self.peaks[name] = max(self.peaks.get(name, 0.0), metrics.peak_rss_gib())
 
 
 def _comfy_variant(variant, size, batch):
@@ -101,7 +83,7 @@ def _comfy_variant(variant, size, batch):
         return image.float()
 
     run.loader_message = message
-    engine = next((m for key, m in sys.modules.items() if key.endswith("nodes.engine") and hasattr(m, "status")), None)
+    engine = pack_module("nodes.engine", missing_ok=True)
     run.engine_status = (lambda: engine.status(model)) if engine and options.get("engine") == "on" else None
     return run
 

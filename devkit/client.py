@@ -1,6 +1,6 @@
-"""The pack's client (add_turbo.client) made synchronous for the tests, benchmarks and scripts.
+"""The pack's client (add_turbo.headless.client) made synchronous for the tests, benchmarks and scripts.
 
-add_turbo.client is the one implementation of ComfyUI's HTTP and websocket protocol; `ComfyClient`
+add_turbo.headless.client is the one implementation of ComfyUI's HTTP and websocket protocol; `ComfyClient`
 runs it on an event loop of its own, in a thread of its own, so that code without asyncio (or code
 inside another running loop, such as Playwright's synchronous API) can queue prompts, follow their
 events and fetch their images.
@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from add_turbo.client import Client, PromptError, ServerUnreachable  # noqa: F401  (re-exported for callers)
+from add_turbo.headless.client import Client, PromptError, ServerUnreachable  # noqa: F401  (re-exported for callers)
 
 
 @dataclass

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from add_turbo.server import ComfyServer, ServerStartError, free_port
+from add_turbo.headless.server import ComfyServer, ServerStartError, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 HOME = Path(os.environ.get("ADD_TURBO_HOME", Path.home() / ".cache" / "add-turbo"))
@@ -79,7 +79,7 @@ def init_in_process(base: Path = BASE_DIR, flags: list[str] = HOST_FLAGS) -> Non
 def start_server(base: Path = BASE_DIR, extra_args: tuple[str, ...] = (), env: dict | None = None) -> ComfyServer:
     """The development host as a server process on a free loopback port, ready to take requests.
 
-    Started with the pack's one launcher (add_turbo.server), the host's interpreter, its stand-ins and
+    Started with the pack's one launcher (add_turbo.headless.server), the host's interpreter, its stand-ins and
     `base` as base directory and `env` added to its environment; output goes to the host's
     logs/server-PORT.log. Stop it with `stop()`.
     When it does not start it is stopped, and the RuntimeError raised holds its log.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from add_turbo.workflow import api_to_ui
+from add_turbo.headless.workflow import api_to_ui
 from devkit import host
 from devkit.client import ComfyClient
 

@@ -9,8 +9,12 @@ from pathlib import Path
 import tomllib
 
 REPO = Path(__file__).resolve().parents[2]
-FORBIDDEN_IN_CORE = {"comfy", "comfy_api", "comfy_extras", "folder_paths", "server", "nodes", "execution",
-                     "latent_preview", "node_helpers"}
+COMFYUI = {"comfy", "comfy_api", "comfy_extras", "folder_paths", "server", "nodes", "execution", "latent_preview",
+           "node_helpers"}  # the host's top-level modules (`nodes` and `server` imported absolutely are ComfyUI's)
+NETWORK = {"socket", "ssl", "urllib", "urllib3", "http", "aiohttp", "websocket", "websockets", "requests", "httpx"}
+# What the repository's modules import by absolute name; anything else absolute (ComfyUI's nodes, torch...) is
+# outside it. The pack's own modules (add_turbo/, nodes/) import each other relatively.
+ABSOLUTE_ROOTS = {"add_turbo", "bench", "devkit", "scripts", "tests"}
 
 
 def _imports(path: Path) -> set[str]:
@@ -23,9 +27,37 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-def test_core_never_imports_the_host():
-    for path in (REPO / "add_turbo").rglob("*.py"):
-        assert not _imports(path) & FORBIDDEN_IN_CORE, path
+def _core_and_headless() -> tuple[list[Path], list[Path]]:
+    """add_turbo/'s core (pure torch) and its headless side (add_turbo/headless/, with the entry point
+    add_turbo/__main__.py)."""
+    headless, core = [], []
+    for path in sorted((REPO / "add_turbo").rglob("*.py")):
+        rel = path.relative_to(REPO / "add_turbo")
+        (headless if rel.parts[0] in ("headless", "__main__.py") else core).append(path)
+    return core, headless
+
+
+def test_the_core_imports_neither_the_headless_side_nor_comfyui_ray_or_the_network():
+    """Function-level imports included: the core runs and is tested on torch alone."""
+    core, headless = _core_and_headless()
+    assert len(core) > 10 and len(headless) > 8  # the split sees both sides
+    known = {_module_name(p) for p in _repo_modules()}
+    core_names = {_module_name(p) for p in core}
+    for path in core:
+        outside = _imported_modules(path, known) - core_names
+        assert not outside, (path, outside)  # nothing of add_turbo.headless, nodes/ or the development kit
+        assert not _imports(path) & (COMFYUI | NETWORK | {"ray"}), path
+    assert "add_turbo.refine" in _imported_modules(REPO / "add_turbo" / "inputs.py", known)  # the scan sees imports
+
+
+def test_the_headless_side_never_imports_the_nodes_or_comfyui():
+    """It drives ComfyUI from outside, over HTTP: ComfyUI's modules and the pack's nodes/ stay out of it."""
+    _, headless = _core_and_headless()
+    known = {_module_name(p) for p in _repo_modules()}
+    for path in headless:
+        assert not {m for m in _imported_modules(path, known) if m.split(".")[0] == "nodes"}, path
+        assert not _imports(path) & COMFYUI, path
+    assert "add_turbo.headless.job" in _imported_modules(REPO / "add_turbo" / "headless" / "cli.py", known)
 
 
 def test_the_pack_never_imports_the_development_kit():
@@ -61,7 +93,8 @@ def test_kit_users_run_from_the_repository_root():
 
 def test_core_imports_alone_in_a_clean_interpreter():
     code = ("import sys, add_turbo.schedules, add_turbo.samplers, add_turbo.noise, add_turbo.checkpoints;"
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'folder_paths', 'nodes')];"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'folder_paths', 'nodes', 'aiohttp')"
+            " or m.startswith('add_turbo.headless')];"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
@@ -91,7 +124,7 @@ def test_only_the_batch_on_ray_imports_ray():
     """Ray is an optional extra for `batch --ray`: the nodes and the rest of the CLI never import it."""
     importers = sorted(str(path.relative_to(REPO)) for path in [*REPO.glob("nodes/**/*.py"), *REPO.glob("add_turbo/**/*.py")]
                        if re.search(r"^\s*(import ray|from ray\b)", path.read_text(), re.MULTILINE))
-    assert importers == ["add_turbo/ray_batch.py"]
+    assert importers == ["add_turbo/headless/ray_batch.py"]
 
 
 def test_no_eval_exec_or_print_in_shipped_code():
@@ -99,7 +132,8 @@ def test_no_eval_exec_or_print_in_shipped_code():
         for path in (REPO / folder).rglob("*.py"):
             calls = {n.func.id for n in ast.walk(ast.parse(path.read_text()))
                      if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
-            banned = {"eval", "exec"} | ({"print"} if path.name != "cli.py" else set())  # the CLI's output is print
+            cli_output = path.relative_to(REPO).as_posix() in ("add_turbo/headless/cli.py", "add_turbo/headless/job.py")
+            banned = {"eval", "exec"} | (set() if cli_output else {"print"})  # the CLI's output is print
             assert not calls & banned, path
 
 
@@ -109,7 +143,7 @@ def test_ruff_clean():
 
 
 def test_workflow_conversion_defaults_missing_optional_widgets_and_refuses_missing_required():
-    from add_turbo.workflow import WorkflowError, ui_to_api
+    from add_turbo.headless.workflow import WorkflowError, ui_to_api
 
     info = {"N": {"input": {"required": {"a": ["INT", {"control_after_generate": True}]}, "optional": {"b": [["x", "y"]]}},
                   "input_order": {"required": ["a"], "optional": ["b"]}, "output": [], "output_name": []}}
@@ -125,7 +159,7 @@ def test_workflow_conversion_defaults_missing_optional_widgets_and_refuses_missi
 
 
 def test_set_widget_value_is_what_conversion_reads_back():
-    from add_turbo.workflow import set_widget_value, ui_to_api
+    from add_turbo.headless.workflow import set_widget_value, ui_to_api
 
     info = {"N": {"input": {"required": {"a": ["INT", {"control_after_generate": True}], "x": ["LATENT"]},
                             "optional": {"b": ["COMBO", {"options": ["p", "q"]}], "c": ["FLOAT", {"default": 0.5}]}},
@@ -149,15 +183,19 @@ def _module_name(path: Path) -> str:
 
 def _imported_modules(path: Path, known: set[str]) -> set[str]:
     """The modules of `known` that `path` imports, at any depth of its code (function-level imports
-    count), each with the packages it must initialise on the way (those not enclosing `path` itself)."""
+    count), each with the packages it must initialise on the way (those not enclosing `path` itself).
+    Relative imports are resolved (`...add_turbo` from nodes/engine/ is add_turbo); an absolute import
+    outside ABSOLUTE_ROOTS is not the repository's (`import nodes` is ComfyUI's)."""
     name = _module_name(path)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    package = (name if path.name == "__init__.py" else name.rpartition(".")[0]).split(".")
     targets = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            targets |= {alias.name for alias in node.names}
+            targets |= {alias.name for alias in node.names if alias.name.split(".")[0] in ABSOLUTE_ROOTS}
         elif isinstance(node, ast.ImportFrom):
-            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            if not node.level and (node.module or "").split(".")[0] not in ABSOLUTE_ROOTS:
+                continue
+            base = ".".join(package[:len(package) - node.level + 1]) if node.level else ""
             module = ".".join(p for p in (base, node.module) if p)
             targets |= {f"{module}.{alias.name}" if f"{module}.{alias.name}" in known else module
                         for alias in node.names}
@@ -200,17 +238,42 @@ def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def test_no_module_in_nodes_takes_part_in_an_import_circle():
-    """Function-level imports included: a circle held together by a late import is still a circle."""
-    paths = sorted((REPO / "nodes").rglob("*.py"))
+def _repo_modules() -> list[Path]:
+    """Every module of the pack (add_turbo/, core and headless; nodes/) and of the development side that
+    is imported by name (bench/, devkit/, scripts/)."""
+    return sorted(p for folder in ("add_turbo", "nodes", "bench", "devkit", "scripts") for p in (REPO / folder).rglob("*.py"))
+
+
+def test_no_module_in_the_repository_takes_part_in_an_import_circle():
+    """add_turbo/, nodes/, bench/, devkit/ and scripts/ taken together, function-level imports included
+    (a circle held together by a late import is still a circle), relative imports resolved."""
+    paths = _repo_modules()
     known = {_module_name(p) for p in paths}
     graph = {_module_name(p): _imported_modules(p, known) for p in paths}
-    assert graph["nodes.sampling"] >= {"nodes.latent_sampling", "nodes.queue_batching"}  # the scan sees imports
+    assert graph["nodes.sampling"] >= {"nodes.latent_sampling", "nodes.queue_batching", "add_turbo.samplers"}  # the scan sees imports
     assert "nodes.engine" in graph["nodes.latent_sampling"]
+    assert "add_turbo.acceleration.cuda_graphs" in graph["nodes.engine.direct"]  # three dots: up to the pack
+    assert "add_turbo.headless.cli" in graph["add_turbo.__main__"]
+    assert {"bench.gpu_plan", "devkit.host"} <= graph["bench.report"]
+    assert "nodes" not in graph["bench.speed"]  # its `import nodes` is ComfyUI's
     assert not _circles(graph)
     assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # the check can fail
 
 
-def test_modules_in_nodes_stay_short():
-    for path in (REPO / "nodes").rglob("*.py"):
-        assert len(path.read_text().splitlines()) <= 400, f"{path}: split it by concern"
+MAX_LINES = 400
+MAX_README_WORDS = 2000
+
+
+def test_modules_stay_short():
+    """Each Python module of the pack, the development kit, the benches and the tests, and each script of
+    the editor, within MAX_LINES lines."""
+    paths = [p for folder in ("add_turbo", "nodes", "bench", "devkit", "tests") for p in (REPO / folder).rglob("*.py")]
+    paths += (REPO / "js").rglob("*.js")
+    long = {str(p.relative_to(REPO)): n for p in sorted(paths) if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"over {MAX_LINES} lines, split them by concern: {long}"
+
+
+def test_readme_stays_short():
+    """Words counted as `wc -w` counts them: runs of characters between ASCII whitespace."""
+    words = len((REPO / "README.md").read_bytes().split())
+    assert words < MAX_README_WORDS, f"README.md has {words} words: move the details into docs/"

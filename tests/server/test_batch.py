@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from add_turbo.batch import pixel_hash
-from add_turbo.batch_worker import thread_env
+from add_turbo.headless.batch import pixel_hash
+from add_turbo.headless.batch_worker import thread_env
 from devkit import host
 from tests.support.batch import (
     REPO,

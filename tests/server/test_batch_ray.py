@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from add_turbo import cli as add_turbo_cli
-from add_turbo.batch import pixel_hash
-from add_turbo.batch_worker import thread_env
-from add_turbo.ray_batch import NAMESPACE
-from add_turbo.server import free_port
+from add_turbo.headless import cli as add_turbo_cli
+from add_turbo.headless.batch import pixel_hash
+from add_turbo.headless.batch_worker import thread_env
+from add_turbo.headless.ray_batch import NAMESPACE
+from add_turbo.headless.server import free_port
 from devkit import host
 from tests.support.batch import (
     REPO,

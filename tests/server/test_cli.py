@@ -74,7 +74,7 @@ def _layout(workflow):
 def test_cli_png_carries_the_workflow_with_the_set_values(server, tiny_models, tmp_path):
     """A UI-format workflow goes with the prompt as extra_pnginfo.workflow, as the editor sends it: the PNG
     reopens as the same graph (layout, titles, links), its widgets holding the --set values."""
-    from add_turbo.workflow import ui_to_api
+    from add_turbo.headless.workflow import ui_to_api
 
     path = REPO / "workflows" / "SD-Turbo - text to image.json"
     result = cli("run", str(path), "--server", server.url, "--out", str(tmp_path), *_tiny_overrides(path, tiny_models),

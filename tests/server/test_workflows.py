@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from add_turbo.workflow import WorkflowError, ui_to_api
+from add_turbo.headless.workflow import WorkflowError, ui_to_api
 from devkit.client import ComfyClient
 
 REPO = Path(__file__).resolve().parents[2]

@@ -43,7 +43,7 @@ def write_prompt(path: Path, ckpt: str, size: int = 64) -> Path:
 
 def lone_pixel_hashes(workflow: Path, url: str, seeds, out: Path) -> dict:
     """seed -> pixel hash of `python -m add_turbo run` of the workflow with that seed on the server at `url`."""
-    from add_turbo.batch import pixel_hash
+    from add_turbo.headless.batch import pixel_hash
 
     hashes = {}
     for seed in seeds:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from add_turbo.server import ComfyServer
+from add_turbo.headless.server import ComfyServer
 from devkit import host
 from devkit.client import ComfyClient
 

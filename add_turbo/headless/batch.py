@@ -1,5 +1,5 @@
 """`python -m add_turbo batch`: render a workflow's sweep, each item's image written once into DIR with a
-line in DIR/manifest.jsonl, resumable, on one ComfyUI or on Ray workers (add_turbo.ray_batch).
+line in DIR/manifest.jsonl, resumable, on one ComfyUI or on Ray workers (add_turbo.headless.ray_batch).
 
 The driver converts the workflow once, makes each item's prompt (the --set and the item's overrides
 applied, the UI workflow beside it for the PNG, as `run` does), hands items to the workers and lands
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import sweep
 from .batch_worker import Renderer
+from .job import Job, default_comfyui, parse_overrides
 from .manifest import Manifest, write_atomic
 from .workflow import WorkflowError
 
@@ -101,10 +102,8 @@ def item_requests(plan: Plan, object_info: dict, todo: list):
     """The workers' input for each item of `todo`: its prompt and extra_data, as `run` makes them.
 
     Raises (before the first item is made):
-        cli.UsageError: a --set or --sweep names no such node or input.
+        job.UsageError: a --set or --sweep names no such node or input.
     """
-    from .cli import Job, parse_overrides
-
     base = Job(plan.workflow_path, object_info).override(plan.sets)
     targets = []
     for axis in plan.axes:
@@ -130,8 +129,6 @@ class LocalWorkers:
     """One worker in this process: a Renderer on `url`, or on an embedded ComfyUI."""
 
     def __init__(self, url: str | None, comfyui: Path | None, comfyui_args: list, threads: int | None):
-        from .cli import default_comfyui
-
         self.renderer = Renderer("local", url=url, comfyui=comfyui or default_comfyui(), comfyui_args=comfyui_args,
                                  threads=threads)
 

@@ -1,6 +1,6 @@
 """One batch worker: a ComfyUI server (started here, or one already running) that renders batch items,
 keeping its models loaded from item to item. The local batch drives one directly; on Ray each actor
-owns one (add_turbo.ray_batch).
+owns one (add_turbo.headless.ray_batch).
 
 An item goes in as {"index", "prompt" (API format), "extra_data"}; an outcome comes out as {"index",
 "status" ("done" or "failed"), "images" [(name, PNG bytes)], "error", "seconds" (the worker's, queue to

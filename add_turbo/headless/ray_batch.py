@@ -1,5 +1,5 @@
 """A batch's workers on a Ray cluster: one actor per worker, each owning one ComfyUI server on its node
-(add_turbo.batch_worker.Renderer), fed through Ray's ActorPool.
+(add_turbo.headless.batch_worker.Renderer), fed through Ray's ActorPool.
 
 Why ActorPool and not Ray Data: the driver must see each item's outcome as it finishes, to write its
 image and manifest line at once (resume after Ctrl-C, exactly-once landing); the pool gives an actor
@@ -29,10 +29,10 @@ import aiohttp
 
 from .batch_worker import Renderer, WorkerStartError
 from .client import ServerUnreachable
+from .job import PACK_DIR, default_comfyui
 from .workflow import WorkflowError
 
 log = logging.getLogger("add_turbo.batch")
-PACK_DIR = Path(__file__).resolve().parents[1]
 MAX_ATTEMPTS = 3  # starts of one item on one worker whose ComfyUI died each time, before it is recorded failed
 NAMESPACE = "add_turbo_batch"  # the workers are named actors here: add_turbo_batch_<job key>_<run>_w<n>
 INSTALL_HINT = ('--ray needs Ray, which this Python does not have: pip install "add-turbo[ray]" '
@@ -57,8 +57,6 @@ class RenderActor:
 
     def __init__(self, name: str, job: str, comfyui: str | None, comfyui_args: list, threads: int | None):
         import ray
-
-        from .cli import default_comfyui
 
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         self.name, self.node = name, ray.util.get_node_ip_address()
