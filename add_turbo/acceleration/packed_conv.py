@@ -13,6 +13,8 @@ algorithm, e.g. for a strided layer) stays on the plain path.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -26,6 +28,20 @@ def available() -> bool:
             and hasattr(ops, "_convolution_pointwise"))
 
 
+@functools.cache
+def dtype_supported(dtype: torch.dtype) -> bool:
+    """Whether this CPU's oneDNN runs packed convolutions in `dtype`: bf16 needs AVX-512 (bw, vl, dq) or
+    AVX-NE-CONVERT, and without them oneDNN refuses to pack (the plain convolution still runs)."""
+    if not available() or dtype not in PACKED_DTYPES:
+        return False
+    weight = torch.zeros(8, 8, 1, 1, dtype=dtype)
+    try:
+        torch.ops.mkldnn._reorder_convolution_weight(weight, [0, 0], [1, 1], [1, 1], 1, [1, 8, 4, 4])
+    except RuntimeError:
+        return False
+    return True
+
+
 def applies(conv: torch.nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether conv(x) can run packed: CPU, fp32/bf16, NHWC [B, C, H, W] (an input or the weights: PyTorch
     then computes in NHWC), zero padding, no autograd."""
@@ -33,7 +49,7 @@ def applies(conv: torch.nn.Conv2d, x: torch.Tensor) -> bool:
     nhwc = x.is_contiguous(memory_format=torch.channels_last) or (
         x.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last))
     return (x.device.type == "cpu" and weight.device.type == "cpu" and x.dim() == 4 and nhwc
-            and x.dtype in PACKED_DTYPES and weight.dtype == x.dtype and (bias is None or bias.dtype == x.dtype)
+            and x.dtype in PACKED_DTYPES and weight.dtype == x.dtype and dtype_supported(x.dtype) and (bias is None or bias.dtype == x.dtype)
             and not x.is_mkldnn and not weight.is_mkldnn
             and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
             and not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)))
