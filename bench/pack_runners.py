@@ -4,11 +4,10 @@ exact path's reference images, and how the pack's engine ran a variant."""
 from __future__ import annotations
 
 import collections
-import sys
 
 from bench import gpu_plan as plan
 from bench.gpu_stages import Stages
-from devkit import graphs
+from devkit import graphs, pack
 
 _LOADS: dict = {}  # (ckpt, stock, options) -> (MODEL, CLIP, VAE, loader message): variants share a load
 
@@ -106,14 +105,14 @@ def exact_image(ckpt: str, mode: str, decoder: str):
 def engine_note(run) -> str | None:
     """How the engine ran the variant's model (CUDA graph, direct path or fallback, and how often), and
     how often the text encoders' and TAESD's graphs were recorded and replayed."""
-    module = next((m for k, m in sys.modules.items() if k.endswith("nodes.engine") and hasattr(m, "state_of")), None)
+    module = pack.pack_module("nodes.engine", missing_ok=True)
     model = getattr(run, "model", None)
     if module is None or model is None or not module.engine_on(model):
         return None
     note = f"{module.status(model)}; runs {dict(module.state_of(model).runs)}"
-    text_graphs = list((getattr(getattr(run, "clip", None), "encoder_graphs", None) or {}).values())
-    decode_graph = getattr(getattr(run, "vae", None), "decode_graph", None)
-    for label, calls in (("text encoders", text_graphs), ("TAESD decode", [decode_graph] if decode_graph else [])):
+    rooms = pack.pack_module("nodes.backends.cuda_graphs")
+    for label, calls in (("text encoders", rooms.graphs_of(getattr(run, "clip", None), rooms.TEXT)),
+                         ("TAESD decode", rooms.graphs_of(getattr(run, "vae", None), rooms.DECODE))):
         if calls:
             runs = sum((call.runs for call in calls), collections.Counter())
             failure = next((call.failure for call in calls if call.failure), None)

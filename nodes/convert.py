@@ -8,6 +8,12 @@ from safetensors.torch import load_file
 from ..add_turbo import checkpoints, diffusers_folders
 from ..add_turbo.checkpoints import CheckpointError
 
+HOST_SYMBOLS = [
+    ("comfy.diffusers_convert", "convert_text_enc_state_dict_v20", ("text_enc_dict",)),
+    ("comfy.diffusers_convert", "convert_vae_state_dict", ("vae_state_dict",)),
+    ("comfy.utils", "unet_to_diffusers", ("unet_config",)),
+]
+
 
 def _hf_text(state_dict: dict) -> dict:
     """HF CLIP text weights with the `text_model.` prefix (newer transformers save them without it)."""

@@ -13,6 +13,13 @@ from ..add_turbo import inputs, noise, samplers, schedules
 from . import engine
 from .host_api import PositiveOnlyGuider
 
+HOST_SYMBOLS = [
+    ("comfy.model_management", "intermediate_device", ()),
+    ("comfy.sample", "fix_empty_latent_channels", ("model", "latent_image")),
+    ("comfy.utils", "PROGRESS_BAR_ENABLED", None),  # read for CFGGuider.sample's disable_pbar
+    ("latent_preview", "prepare_callback", ("model", "steps")),
+]
+
 
 def model_sigmas(model, steps: int, strength: float, spacing: str) -> torch.Tensor:
     """[steps + 1] sigmas from the model's own noise schedule (exactly what the host's schedulers use)."""
@@ -129,3 +136,8 @@ def sample_latent(model, positive, latent, seed, steps, strength, spacing, sampl
     samples = guider.sample(start_noise, latent, sampler_object, sigmas, denoise_mask=denoise_mask,
                             callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
     return samples.to(comfy.model_management.intermediate_device())
+
+
+def empty_latent(model, size: int) -> torch.Tensor:
+    """Zeros [1, C, size/8, size/8] for `model`'s latent format: what the warm-ups sample from."""
+    return torch.zeros([1, model.model.latent_format.latent_channels, size // 8, size // 8])

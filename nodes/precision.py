@@ -4,6 +4,11 @@ import comfy.model_management as mm
 import comfy.utils
 import torch
 
+HOST_SYMBOLS = [  # also supports_fp8_compute and unet_manual_cast, listed in host_api/models.py
+    ("comfy.model_management", "unet_dtype", ("model_params", "supported_dtypes", "weight_dtype")),
+    ("comfy.utils", "calculate_parameters", ("sd", "prefix")),
+    ("comfy.utils", "weight_dtype", ("sd", "prefix")),
+]
 FP8 = "fp8_e4m3fn"
 WEIGHT_DTYPES = {"auto": None, "fast": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
                  FP8: torch.float8_e4m3fn}
@@ -80,29 +85,3 @@ def text_encoder_dtype(weight_dtype: str, load_device):
     if cpu_bf16(weight_dtype, load_device):
         return torch.bfloat16
     return torch.float32 if load_device.type == "cpu" else None
-
-
-OPENVINO_WEIGHT_DTYPES = ("auto", "fast", "fp32", "bf16")
-
-
-def openvino_precision(weight_dtype: str, cpu_flags: frozenset) -> tuple[str, str]:
-    """(OpenVINO's INFERENCE_PRECISION_HINT, a note for the loader) for cpu_backend openvino.
-
-    fast is bf16 where the CPU has bf16 units (its /proc/cpuinfo flags name avx512_bf16 or amx_bf16:
-    OpenVINO's own default there), f32 elsewhere; auto and fp32 are f32 (the exact path's numbers up to
-    fp32 rounding); bf16 is bf16 whatever the CPU (OpenVINO emulates it, slowly, without the units).
-    """
-    from ..add_turbo.acceleration.openvino_models import BF16_FLAGS, has_bf16_units
-
-    if weight_dtype not in OPENVINO_WEIGHT_DTYPES:
-        raise ValueError(f"cpu_backend openvino computes in f32 or bf16: choose weight_dtype "
-                         f"{', '.join(OPENVINO_WEIGHT_DTYPES)} (got {weight_dtype!r})")
-    units = has_bf16_units(cpu_flags)
-    if weight_dtype == "fast":
-        if units:
-            found = ", ".join(sorted(cpu_flags & BF16_FLAGS))
-            return "bf16", f"OpenVINO bf16 (fast: this CPU has bf16 units, {found})"
-        return "f32", "OpenVINO f32 (fast: this CPU has no bf16 units, avx512_bf16 or amx_bf16)"
-    if weight_dtype == "bf16":
-        return "bf16", "OpenVINO bf16" + ("" if units else " (emulated: this CPU has no bf16 units, f32 is faster)")
-    return "f32", "OpenVINO f32"

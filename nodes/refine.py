@@ -1,13 +1,25 @@
 """ADDTurboRefine: image-to-image refinement of an IMAGE batch in 1-4 steps with continuous strength."""
 
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..add_turbo import refine
 from .latent_sampling import sample_latent
 from .sampling import SEED_MAX, sampler_inputs, schedule_inputs
 from .schema import turbo_schema
 
+HOST_SYMBOLS = [
+    ("comfy_api.v0_0_2", "io.ComfyNode.define_schema", ()),
+    ("comfy_api.v0_0_2", "io.ComfyNode.execute", ()),
+    ("comfy_api.v0_0_2", "io.Model.Input", ("id", "tooltip")),
+    ("comfy_api.v0_0_2", "io.Vae.Input", ("id", "tooltip")),
+    ("comfy_api.v0_0_2", "io.Conditioning.Input", ("id", "tooltip")),
+    ("comfy_api.v0_0_2", "io.Image.Input", ("id", "tooltip")),
+    ("comfy_api.v0_0_2", "io.Int.Input", ("id", "default", "min", "max", "control_after_generate", "tooltip")),
+    ("comfy_api.v0_0_2", "io.Mask.Input", ("id", "optional", "tooltip")),
+    ("comfy_api.v0_0_2", "io.Image.Output", ("tooltip",)),
+    ("comfy_api.v0_0_2", "io.NodeOutput", ()),
+]
 FEATHER_PX = 8
 
 

@@ -1,12 +1,29 @@
 """ADDTurboScheduler, ADDTurboSampler and the one-node ADDTurboSample."""
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..add_turbo import samplers, schedules
 from .latent_sampling import model_sigmas, turbo_sampler
 from .queue_batching import describe, sample_with_queued_twins
 from .schema import turbo_schema
 
+HOST_SYMBOLS = [
+    ("comfy_api.v0_0_2", "io.ComfyNode.define_schema", ()),
+    ("comfy_api.v0_0_2", "io.ComfyNode.execute", ()),
+    ("comfy_api.v0_0_2", "io.Int.Input", ("id", "default", "min", "max", "control_after_generate", "optional",
+                                          "tooltip")),
+    ("comfy_api.v0_0_2", "io.Float.Input", ("id", "default", "min", "max", "step", "round", "tooltip")),
+    ("comfy_api.v0_0_2", "io.Combo.Input", ("id", "options", "default", "tooltip")),
+    ("comfy_api.v0_0_2", "io.Model.Input", ("id", "tooltip")),
+    ("comfy_api.v0_0_2", "io.Conditioning.Input", ("id", "tooltip")),
+    ("comfy_api.v0_0_2", "io.Latent.Input", ("id", "tooltip")),
+    ("comfy_api.v0_0_2", "io.Latent.Output", ("tooltip",)),
+    ("comfy_api.v0_0_2", "io.Sigmas.Output", ("tooltip",)),
+    ("comfy_api.v0_0_2", "io.Sampler.Output", ("tooltip",)),
+    ("comfy_api.v0_0_2", "io.Hidden.prompt", None),
+    ("comfy_api.v0_0_2", "io.Hidden.unique_id", None),
+    ("comfy_api.v0_0_2", "io.NodeOutput", ("ui",)),
+]
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 QUEUE_BATCH_MAX = 16
 STEPS_TOOLTIP = "Number of steps actually run (1-4 is what ADD models are made for). Never rounded to zero."

@@ -2,7 +2,12 @@
 
 import dataclasses
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
+
+HOST_SYMBOLS = [  # and search_aliases where the host's io.Schema has it (TAKES_SEARCH_ALIASES)
+    ("comfy_api.v0_0_2", "io.Schema", ("node_id", "display_name", "category", "description", "inputs", "outputs",
+                                       "hidden")),
+]
 
 # What people type into the node search for these nodes.
 SEARCH_ALIASES = ["sd turbo", "sdxl turbo", "adversarial diffusion", "1 step", "few step", "img2img", "refine"]

@@ -3,8 +3,7 @@
 - compile: torch.compile's graphs compiled, or loaded from the on-disk cache, at 512x512 batch 1;
 - engine: on a CUDA GPU the 512x512 step graph (and TAESD's and the text encoders') recorded now,
   elsewhere a 64x64 run that checks the direct path;
-- openvino: the UNet converted to OpenVINO and compiled at 512x512 batch 1, or loaded from the disk
-  cache.
+(the OpenVINO engine's warm-up is in its room, backends/openvino/warm_up.py).
 Each returns the loader's message and the warm-up's seconds.
 """
 
@@ -13,18 +12,15 @@ import time
 
 import torch
 
-from . import compile_cache, compiling, engine, host_api
-from .latent_sampling import sample_latent
+from . import compile_cache, compiling, engine
+from .backends import cuda_graphs
+from .latent_sampling import empty_latent, sample_latent
 
 log = logging.getLogger(__name__)
 
 COMPILE_WARM_UP_SIZE = 512
 CUDA_WARM_UP_SIZE = 512  # the engine's size recorded at load: what the models are made for
 SMALL_WARM_UP_SIZE = 64  # elsewhere nothing is recorded: a small run checks the path
-
-
-def _empty_latent(model, size: int) -> torch.Tensor:
-    return torch.zeros([1, model.model.latent_format.latent_channels, size // 8, size // 8])
 
 
 def compile_warm_up(model, clip, vae, compile_mode: str, cache=None,
@@ -36,7 +32,7 @@ def compile_warm_up(model, clip, vae, compile_mode: str, cache=None,
     """
     before = compile_cache.counts()
     start = time.perf_counter()
-    latent = _empty_latent(model, size)
+    latent = empty_latent(model, size)
     runs = 3 if compiling.COMPILE_MODES[compile_mode] == "reduce-overhead" else 1  # warm-up, record, replay
     # In inference mode, as the host's executor runs every node: a graph traced with autograd on is
     # another graph (forward and backward, about 3x the compile time) that the first image would not use.
@@ -71,9 +67,9 @@ def engine_warm_up(patcher, clip, vae=None) -> tuple[str, float]:
     size = CUDA_WARM_UP_SIZE if cuda else SMALL_WARM_UP_SIZE
     positive = clip.encode_from_tokens_scheduled(clip.tokenize(""))
     began = time.perf_counter()
-    samples = sample_latent(patcher, positive, _empty_latent(patcher, size), 0, 1, 1.0, "trailing",
+    samples = sample_latent(patcher, positive, empty_latent(patcher, size), 0, 1, 1.0, "trailing",
                             "euler_ancestral", 1.0)
-    if cuda and getattr(vae, "decode_graph", None) is not None:
+    if cuda and cuda_graphs.graphs_of(vae, cuda_graphs.DECODE):
         vae.decode(samples)
     seconds = time.perf_counter() - began
     state = engine.state_of(patcher)
@@ -82,31 +78,7 @@ def engine_warm_up(patcher, clip, vae=None) -> tuple[str, float]:
         route = route.replace(state.packing, ", conv layers packed for oneDNN at each size's first run")
     message = f"{route}, {size}x{size} warm-up {seconds:.1f} s"
     if cuda:
-        message += engine.graph_note("text encoders", list((getattr(clip, "encoder_graphs", None) or {}).values()))
-        message += engine.graph_note("TAESD decode", [vae.decode_graph] if getattr(vae, "decode_graph", None) else [])
+        message += engine.graph_note("text encoders", cuda_graphs.graphs_of(clip, cuda_graphs.TEXT))
+        message += engine.graph_note("TAESD decode", cuda_graphs.graphs_of(vae, cuda_graphs.DECODE))
     log.info("ADD Turbo: %s", message)
-    return message, seconds
-
-
-def openvino_warm_up(model, clip, vae, note: str, size: int = COMPILE_WARM_UP_SIZE) -> tuple[str, float]:
-    """Convert (or load from disk) and compile the OpenVINO models now, at size x size batch 1: the UNet,
-    the text encoders' layer stacks and, with TAESD, its decode. `note` names the precision chosen; the
-    message says what runs on OpenVINO and whether this start converted or found the models on disk."""
-    parts = {"UNet": [host_api.openvino_unet_of(model).call],
-             "text encoders": list((getattr(clip, "encoder_openvino", None) or {}).values()),
-             "TAESD decode": [vae.openvino_decode] if getattr(vae, "openvino_decode", None) else []}
-    began = time.perf_counter()
-    with torch.inference_mode():
-        positive = clip.encode_from_tokens_scheduled(clip.tokenize(""))
-        vae.decode(sample_latent(model, positive, _empty_latent(model, size), 0, 1, 1.0, "trailing", "euler", 0.0))
-    seconds = time.perf_counter() - began
-    calls = [call for group in parts.values() for call in group]
-    failed = [f"{name}: {call.failure}" for name, group in parts.items() for call in group if call.failure]
-    on_openvino = ", ".join(name for name, group in parts.items() if group and not any(c.failure for c in group))
-    converted = sum(call.runs["converted"] for call in calls)
-    done = "converted and compiled" if converted else "loaded from the disk cache"
-    message = f"{note}: {on_openvino or 'nothing'} {done}, {size}x{size} warm-up {seconds:.1f} s"
-    if failed:
-        message += "; in torch: " + "; ".join(failed)
-    log.info("ADD Turbo: %s (%s)", message, parts["UNet"][0].folder)
     return message, seconds

@@ -13,6 +13,13 @@ from . import host_api
 
 log = logging.getLogger(__name__)
 
+HOST_SYMBOLS = [
+    ("comfy.model_management", "unet_inital_load_device", ("parameters", "dtype")),
+    ("comfy.utils", "calculate_parameters", ("sd",)),
+    ("comfy.utils", "load_torch_file", ("ckpt", "safe_load")),
+    ("folder_paths", "get_full_path", ("folder_name", "filename")),
+    ("folder_paths", "get_folder_paths", ("folder_name",)),
+]
 TAESD_NAMES = {checkpoints.SD_TURBO: "taesd", checkpoints.SDXL_TURBO: "taesdxl"}
 
 

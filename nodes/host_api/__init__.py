@@ -7,15 +7,17 @@ tests/nodes/test_host_contract.py checks them on whichever host runs.
 
 - models: model configs (always epsilon), the model patcher, attention and layout, compile wrapper,
   reload registration, the guidance-free guider
-- vae: decoding on CPU, SDPA in the VAE, TAESD's fused blocks and graphed decode
-- text: the CLIP prompt cache, text encoders' dtype, compile and graphs
+- vae: decoding on CPU, SDPA in the VAE, TAESD's model and what keeps its decode from a stand-in
+- text: the CLIP prompt cache, text encoders' dtype and compile, their layer stacks for stand-ins
 - direct_unet: the engine's obstacles and DirectUNet (the host's sampling steps, prepared once)
 - module_swaps: instance forwards for a call (packed convolutions)
 - prompt_queue: the host's queue, read only
-- openvino_unet: the UNet run by OpenVINO on the CPU, swapped in through the compile wrapper
+- attachment: the one typed object the engines (backends/) hang on the CLIP and the VAE
+The engines' own stand-ins for host code live in their rooms under backends/ and declare their
+HOST_SYMBOLS there.
 """
 
-from . import direct_unet, models, module_swaps, openvino_unet, prompt_queue, text, vae
+from . import attachment, direct_unet, models, module_swaps, prompt_queue, text, vae
 from .direct_unet import DirectUNet, direct_sampling_obstacle, fully_loaded, has_compile_wrapper
 from .models import (
     PositiveOnlyGuider,
@@ -28,7 +30,6 @@ from .models import (
     use_sdpa_in_unet,
 )
 from .module_swaps import packed_convolutions
-from .openvino_unet import OpenVINOUNet, openvino_unet_of, use_openvino_unet
 from .prompt_queue import live_prompt_ids, queued_prompts
 from .text import (
     CachedTextCLIP,
@@ -37,26 +38,23 @@ from .text import (
     compile_text_encoders,
     compute_text_encoders_in,
     encode_text,
-    graph_text_encoders,
-    text_graph_obstacle,
-    use_openvino_text_encoders,
+    layer_obstacle,
+    text_encoders,
 )
 from .vae import (
     TurboVAE,
-    fuse_taesd_blocks,
-    graph_taesd_decode,
-    taesd_graph_obstacle,
-    use_openvino_taesd,
+    decode_obstacle,
+    taesd_model,
     use_sdpa_in_vae,
 )
 
-_MODULES = (models, vae, text, direct_unet, module_swaps, prompt_queue, openvino_unet)
+_MODULES = (models, vae, text, direct_unet, module_swaps, prompt_queue, attachment)
 HOST_SYMBOLS = [symbol for module in _MODULES for symbol in module.HOST_SYMBOLS]
 OVERRIDES = [override for module in _MODULES for override in getattr(module, "OVERRIDES", [])]
 
-__all__ = ["HOST_SYMBOLS", "OVERRIDES", "CachedTextCLIP", "DirectUNet", "OpenVINOUNet", "PositiveOnlyGuider", "TurboSD2", "TurboSDXL",
+__all__ = ["HOST_SYMBOLS", "OVERRIDES", "CachedTextCLIP", "DirectUNet", "PositiveOnlyGuider", "TurboSD2", "TurboSDXL",
            "TurboVAE", "clip_options", "clip_that_encoded", "compile_text_encoders", "compile_unet",
-           "compute_text_encoders_in", "direct_sampling_obstacle", "encode_text", "fully_loaded", "fuse_taesd_blocks",
-           "graph_taesd_decode", "graph_text_encoders", "has_compile_wrapper", "live_prompt_ids",
-           "new_model_patcher", "openvino_unet_of", "packed_convolutions", "queued_prompts", "register_reload", "taesd_graph_obstacle",
-           "text_graph_obstacle", "use_channels_last", "use_openvino_taesd", "use_openvino_text_encoders", "use_openvino_unet", "use_sdpa_in_unet", "use_sdpa_in_vae"]
+           "compute_text_encoders_in", "decode_obstacle", "direct_sampling_obstacle", "encode_text", "fully_loaded",
+           "has_compile_wrapper", "layer_obstacle", "live_prompt_ids", "new_model_patcher", "packed_convolutions",
+           "queued_prompts", "register_reload", "taesd_model", "text_encoders", "use_channels_last",
+           "use_sdpa_in_unet", "use_sdpa_in_vae"]

@@ -18,6 +18,7 @@ HOST_SYMBOLS = [
     ("comfy.model_management", "unet_manual_cast", ("weight_dtype", "inference_device", "supported_dtypes")),
     ("comfy.model_base", "SDXL.__init__", ("model_config", "model_type", "device")),
     ("comfy.model_base", "SDXL.encode_adm", ()),
+    ("comfy.model_base", "ModelType.EPS", None),
     ("comfy.supported_models", "SD20.model_type", ("state_dict", "prefix")),
     ("comfy.supported_models", "SDXL.model_type", ("state_dict", "prefix")),
     ("comfy.supported_models", "SDXL.get_model", ("state_dict", "prefix", "device")),

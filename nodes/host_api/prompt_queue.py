@@ -5,6 +5,7 @@ import sys
 HOST_SYMBOLS = [
     ("execution", "PromptQueue.__init__", ("server",)),
     ("execution", "PromptQueue.get", ()),
+    ("server", "PromptServer", None),  # read from sys.modules, never imported (see _prompt_queue)
 ]
 # Queue items are (number, prompt id, prompt, extra data, outputs to execute[, sensitive]).
 _ITEM_ID, _ITEM_PROMPT = 1, 2

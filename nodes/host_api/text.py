@@ -10,13 +10,9 @@ import weakref
 import comfy.sd
 import torch
 
-from ...add_turbo.acceleration.cuda_graphs import GraphedCall
-from ...add_turbo.acceleration.openvino_models import OpenVINOCall
-from ...add_turbo.log_once import log_once
 from .. import compiling
 from ..prompt_cache import PromptCache, freeze
 from .direct_unet import is_set, swaps_modules
-from .module_swaps import instance_attributes
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +48,14 @@ class CachedTextCLIP(comfy.sd.CLIP):
         base = super().clone(*args, **kwargs)  # newer hosts: clone(disable_dynamic=...)
         n = CachedTextCLIP(no_init=True)
         n.__dict__.update(base.__dict__)
-        n.prompt_cache, n.encoder_graphs = self.prompt_cache, self.encoder_graphs
-        n.encoder_openvino = self.encoder_openvino
+        n.prompt_cache, n.engines = self.prompt_cache, self.engines
         return n
 
-    encoder_openvino = None  # CLIPEncoder -> openvino_models.OpenVINOCall, with cpu_backend openvino
-    encoder_graphs = None  # CLIPEncoder -> cuda_graphs.GraphedCall, when the engine records them (graph_text_encoders)
+    engines = None  # an attachment.Attachment: the engines' stand-ins for the text encoders' layer stacks
 
     def encode_from_tokens(self, tokens, return_pooled=False, return_dict=False, *args, **kwargs):
         def encode():
-            with _graphed_text_encoders(self), _openvino_text_encoders(self):
+            with contextlib.nullcontext() if self.engines is None else self.engines.entered("encode_text", self):
                 return super(CachedTextCLIP, self).encode_from_tokens(tokens, return_pooled, return_dict, *args,
                                                                       **kwargs)
 
@@ -134,28 +128,16 @@ def compile_text_encoders(clip, compile_mode: str) -> None:
             module.forward = compiling.compile_fn(compiling.unmutated_input(module.forward), compile_mode)
 
 
-def graph_text_encoders(clip) -> int:
-    """From now on, each text encoder's layer stack (CLIPEncoder: [B, 77, width] and its attention mask
-    in, the last and the chosen intermediate layer's output out) replays a CUDA graph per input
-    size (a cuda_graphs.GraphedCall) wherever text_graph_obstacle finds nothing in the way. Returns how many stacks."""
+def text_encoders(clip) -> list:
+    """The text encoders' layer stacks (the host's CLIPEncoder modules) of a CachedTextCLIP, else []."""
     from comfy.clip_model import CLIPEncoder
 
     if not isinstance(clip, CachedTextCLIP):
-        return 0
-    encoders = [m for m in clip.cond_stage_model.modules() if isinstance(m, CLIPEncoder)]
-    clip.encoder_graphs = {m: GraphedCall(type(m).forward.__get__(m), m, "a text encoder") for m in encoders}
-    return len(encoders)
+        return []
+    return [m for m in clip.cond_stage_model.modules() if isinstance(m, CLIPEncoder)]
 
 
-def text_graph_obstacle(clip) -> str | None:
-    """Why the text encoders do not replay CUDA graphs for this encode (they run as the host's), or None."""
-    device = clip.patcher.load_device
-    if device.type != "cuda":
-        return f"no CUDA graphs on {device.type}"
-    return _layer_obstacle(clip)
-
-
-def _layer_obstacle(clip) -> str | None:
+def layer_obstacle(clip) -> str | None:
     """Why the layer stacks compute something a stand-in recorded or converted earlier would not, or None."""
     if clip.apply_hooks_to_conds or is_set(getattr(clip.patcher, "hook_patches", None)):
         return "the text encoder has hooks"
@@ -165,59 +147,6 @@ def _layer_obstacle(clip) -> str | None:
            for name in ("weight_function", "bias_function")):
         return "the text encoder's layers patch their weights on each call"
     return None
-
-
-@contextlib.contextmanager
-def _graphed_text_encoders(clip):
-    """Within: each text encoder's layer stack replays its CUDA graph, where `graph_text_encoders` was
-    called and nothing is in the way (a compiled or otherwise replaced stack is left as it is)."""
-    graphs = clip.encoder_graphs or {}
-    obstacle = text_graph_obstacle(clip) if graphs else None
-    if obstacle is not None and clip.patcher.load_device.type == "cuda":
-        log_once(log, f"ADD Turbo engine: {obstacle}: the text encoders run without CUDA graphs",
-                 owner=next(iter(graphs.values())))
-    installed = {} if obstacle else {m: graph for m, graph in graphs.items() if "forward" not in m.__dict__}
-    with instance_attributes("forward", installed):
-        yield
-
-
-# --- The text encoders' layer stacks on OpenVINO (the loader's cpu_backend openvino) ------------------
-
-def use_openvino_text_encoders(clip, folder, precision: str, blob_cache) -> int:
-    """From now on, on CPU, each text encoder's layer stack runs on OpenVINO (converted per input shape and
-    intermediate layer) wherever text_openvino_obstacle finds nothing in the way. Returns how many stacks."""
-    from comfy.clip_model import CLIPEncoder
-
-    if not isinstance(clip, CachedTextCLIP):
-        return 0
-    encoders = [m for m in clip.cond_stage_model.modules() if isinstance(m, CLIPEncoder)]
-    clip.encoder_openvino = {m: OpenVINOCall(type(m).forward.__get__(m), m, f"text_encoder_{i}", folder, precision,
-                                             blob_cache, torch.get_num_threads()) for i, m in enumerate(encoders)}
-    return len(encoders)
-
-
-def text_openvino_obstacle(clip) -> str | None:
-    """Why the text encoders run in torch for this encode, or None. The converted model holds the file's
-    weights, so a patch on them (a LoRA) counts too."""
-    device = clip.patcher.load_device
-    if device.type != "cpu":
-        return f"OpenVINO runs on the CPU, this text encoder on {device.type}"
-    if is_set(getattr(clip.patcher, "patches", None)):
-        return "the text encoder's weights are patched (a LoRA or another patch)"
-    return _layer_obstacle(clip)
-
-
-@contextlib.contextmanager
-def _openvino_text_encoders(clip):
-    """Within: each text encoder's layer stack runs on OpenVINO where `use_openvino_text_encoders` was
-    called and nothing is in the way (else in torch, with the reason logged once per CLIP and reason)."""
-    stand_ins = clip.encoder_openvino or {}
-    obstacle = text_openvino_obstacle(clip) if stand_ins else None
-    if obstacle is not None:
-        log_once(log, f"ADD Turbo OpenVINO: {obstacle}: the text encoders run in torch", owner=clip)
-    installed = {} if obstacle else {m: call for m, call in stand_ins.items() if "forward" not in m.__dict__}
-    with instance_attributes("forward", installed):
-        yield
 
 
 # (our override, the host method it overrides): each must accept every parameter of the host's.

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from devkit.pack import pack_module
+
 SIZE, PROMPT = 512, "a lighthouse at dusk"  # the warm-up's size and step count: the image reuses its graphs
 CACHE_ENV = "ADD_TURBO_COMPILE_CACHE"
 
@@ -147,7 +149,7 @@ def test_another_checkpoint_never_loads_the_cached_graphs_and_each_draws_its_own
 @pytest.fixture
 def cache_module(comfy_host):
     """The pack's nodes/compile_cache module, as the host imported it (from custom_nodes/)."""
-    return next(m for key, m in sys.modules.items() if key.endswith("nodes.compile_cache") and hasattr(m, "cache_tag"))
+    return pack_module("nodes.compile_cache")
 
 
 OPTIONS = {"weight_dtype": "auto", "attention": "sdpa", "channels_last": True, "compile": "inductor"}

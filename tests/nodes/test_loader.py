@@ -2,13 +2,13 @@
 
 import math
 import shutil
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from devkit import graphs as g
+from devkit.pack import pack_module
 from tests.support.tolerances import assert_fp32_close
 
 SIZE, PROMPT = 64, "an old stone bridge"
@@ -112,7 +112,7 @@ def test_fast_picks_bf16_only_where_the_cpu_has_amx_and_says_so(tiny_models, mon
 
 
 def test_fast_on_a_gpu_is_the_hosts_choice():
-    precision = next(m for key, m in sys.modules.items() if key.endswith("nodes.precision") and hasattr(m, "resolve"))
+    precision = pack_module("nodes.precision")
     gpu = torch.device("cuda")
     assert precision.resolve("fast", gpu) == ("auto", "") and precision.resolve("bf16", gpu) == ("bf16", "")
 
@@ -161,10 +161,7 @@ def test_taesd_decoder_is_picked_by_family(tiny_models, family, taesd):
 
 @pytest.fixture(name="load_turbo")
 def _load_turbo():
-    import sys
-
-    module = next(m for name, m in sys.modules.items() if name.endswith("nodes.loader") and hasattr(m, "load_turbo"))
-    return module.load_turbo
+    return pack_module("nodes.loader").load_turbo
 
 
 @pytest.mark.parametrize("damage,expect", [

@@ -10,6 +10,7 @@ import torch
 
 from devkit import graphs as g
 from devkit import tiny_addons
+from devkit.pack import pack_module
 from tests.support.model_links import linked_into_models
 from tests.support.tolerances import assert_fp32_close, assert_same_image, max_rel_diff
 
@@ -35,10 +36,10 @@ def executor_mode(comfy_host):
 
 @pytest.fixture(scope="module")
 def pack(comfy_host):
-    """The pack's modules as the host imported them: (precision, host_api, openvino_models)."""
-    precision = next(m for k, m in sys.modules.items() if k.endswith("nodes.precision") and hasattr(m, "resolve"))
-    host_api = next(m for k, m in sys.modules.items() if k.endswith("nodes.host_api") and hasattr(m, "HOST_SYMBOLS"))
-    return precision, host_api, host_api.openvino_unet.openvino_models
+    """The pack's modules as the host imported them: (the OpenVINO room's precision, the room itself,
+    openvino_models as the room calls it)."""
+    room = pack_module("nodes.backends.openvino")
+    return room.precision, room, room.openvino_models
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -56,14 +57,14 @@ def _sample(model, positive, steps=2, seed=SEED):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_f32_gives_the_torch_paths_latents_up_to_fp32_rounding(tiny_models, pack, family):
-    _, host_api, _ = pack
+    _, room, _ = pack
     name = tiny_models[family].single_file.name
     torch_model, clip, _ = g.load(name)
     model, _, _, message = g.load_with_message(name, weight_dtype="fp32", cpu_backend="openvino")
     assert message.startswith("OpenVINO f32: UNet, text encoders converted and compiled, 512x512 warm-up"), message
     positive = g.encode(clip, PROMPT)
     got, want = _sample(model, positive), _sample(torch_model, positive)
-    stand_in = host_api.openvino_unet_of(model)
+    stand_in = room.unet.openvino_unet_of(model)
     assert stand_in.last == "OpenVINO f32"  # the latents came from OpenVINO, not from a fallback
     # converted with the lighter layers: no upsample (a 2x2 convolution and a pixel shuffle), no split (GEGLU)
     ir = "".join(p.read_text() for p in stand_in.folder.glob("unet-*.xml"))
@@ -73,7 +74,8 @@ def test_f32_gives_the_torch_paths_latents_up_to_fp32_rounding(tiny_models, pack
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_text_encoders_and_taesd_run_on_openvino_with_the_torch_numbers(tiny_models, family):
+def test_text_encoders_and_taesd_run_on_openvino_with_the_torch_numbers(tiny_models, pack, family):
+    _, room, _ = pack
     name = tiny_models[family].single_file.name
     _, torch_clip, torch_vae = g.load(name, decoder="taesd")
     _, clip, vae = g.load(name, decoder="taesd", weight_dtype="fp32", cpu_backend="openvino")
@@ -81,10 +83,12 @@ def test_text_encoders_and_taesd_run_on_openvino_with_the_torch_numbers(tiny_mod
     assert_fp32_close(got[0][0], want[0][0])
     if "pooled_output" in want[0][1]:
         assert_fp32_close(got[0][1]["pooled_output"], want[0][1]["pooled_output"])
-    assert all(call.runs["openvino"] >= 1 for call in clip.encoder_openvino.values())  # not the torch fallback
+    text_calls = room.parts.calls_of(clip, room.parts.TEXT)
+    assert text_calls and all(call.runs["openvino"] >= 1 for call in text_calls)  # not the torch fallback
     latent = {"samples": torch.randn(1, 4, 8, 12, generator=torch.Generator().manual_seed(5)) * 3}
     image, torch_image = g.decode(vae, latent), g.decode(torch_vae, latent)
-    assert vae.openvino_decode.runs["openvino"] >= 1 and vae.openvino_decode.failure is None
+    (decode_call,) = room.parts.calls_of(vae, room.parts.DECODE)
+    assert decode_call.runs["openvino"] >= 1 and decode_call.failure is None
     print(f"\nOPENVINO {family} TAESD decode f32 vs torch: {assert_same_image(image, torch_image):.4f}/255")
     # A LoRA on the text encoder patches weights the converted model does not hold: torch encodes it.
     with linked_into_models() as place:
@@ -93,21 +97,21 @@ def test_text_encoders_and_taesd_run_on_openvino_with_the_torch_numbers(tiny_mod
                              strength_model=0.0, strength_clip=1.25)
         _, torch_lora_clip = g.run(g.builtin("LoraLoader"), model=g.load(name)[0], clip=torch_clip, lora_name=lora,
                                    strength_model=0.0, strength_clip=1.25)
-        before = {m: call.runs["openvino"] for m, call in clip.encoder_openvino.items()}
+        before = [call.runs["openvino"] for call in text_calls]
         assert_fp32_close(g.encode(lora_clip, PROMPT)[0][0], g.encode(torch_lora_clip, PROMPT)[0][0])
-        assert {m: call.runs["openvino"] for m, call in clip.encoder_openvino.items()} == before
+        assert [call.runs["openvino"] for call in text_calls] == before
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_bf16_stays_within_the_bf16_bound_of_f32(tiny_models, pack, family):
-    _, host_api, _ = pack
+    _, room, _ = pack
     name = tiny_models[family].single_file.name
     f32_model, clip, _ = g.load(name, weight_dtype="fp32", cpu_backend="openvino")
     bf16_model, _, _, message = g.load_with_message(name, weight_dtype="bf16", cpu_backend="openvino")
     assert message.startswith("OpenVINO bf16"), message
     positive = g.encode(clip, PROMPT)
     f32, bf16 = _sample(f32_model, positive), _sample(bf16_model, positive)
-    used = host_api.openvino_unet_of(bf16_model).last
+    used = room.unet.openvino_unet_of(bf16_model).last
     assert used in ("OpenVINO bf16", "OpenVINO f32"), used  # what OpenVINO reports it computed in
     diff = max_rel_diff(bf16, f32)
     mean = ((bf16 - f32).abs().mean() / f32.abs().max()).item()
@@ -154,7 +158,7 @@ def test_a_second_load_finds_the_converted_model_on_disk(tiny_models, ir_cache):
 
 
 def test_what_openvino_cannot_reproduce_runs_in_torch_with_its_reason(tiny_models, pack, caplog):
-    _, host_api, _ = pack
+    _, room, _ = pack
     name = tiny_models["sd_turbo"].single_file.name
     torch_model, clip, _ = g.load(name)
     model = g.load(name, weight_dtype="fp32", cpu_backend="openvino")[0]
@@ -169,13 +173,13 @@ def test_what_openvino_cannot_reproduce_runs_in_torch_with_its_reason(tiny_model
         with caplog.at_level(logging.WARNING):
             got = _sample(lora_model, lora_positive)
         want = _sample(torch_lora, lora_positive)
-    stand_in = host_api.openvino_unet_of(lora_model)
+    stand_in = room.unet.openvino_unet_of(lora_model)
     assert stand_in.last.startswith("torch (the UNet's weights are patched (a LoRA")
     assert "the UNet runs in torch" in caplog.text
     assert_fp32_close(got, want)
     # the plain model, its weights unpatched again, is back on OpenVINO
     _sample(model, positive)
-    assert host_api.openvino_unet_of(model).last == "OpenVINO f32"
+    assert room.unet.openvino_unet_of(model).last == "OpenVINO f32"
 
 
 def test_the_loader_refuses_what_cannot_run_and_the_nodes_work_without_openvino(tiny_models, monkeypatch):
@@ -195,8 +199,8 @@ def test_the_loader_refuses_what_cannot_run_and_the_nodes_work_without_openvino(
 def test_the_engine_samples_through_openvino(tiny_models, pack):
     """engine on + cpu_backend openvino: the engine's direct path calls apply_model, whose wrapper runs
     the OpenVINO UNet (no packed convolutions: OpenVINO runs the convolutions)."""
-    _, host_api, _ = pack
-    engine = next(m for k, m in sys.modules.items() if k.endswith("nodes.engine") and hasattr(m, "fallback_reason"))
+    _, room, _ = pack
+    engine = pack_module("nodes.engine")
     name = tiny_models["sd_turbo"].single_file.name
     torch_model, clip, _ = g.load(name)
     model, _, _, message = g.load_with_message(name, weight_dtype="fp32", cpu_backend="openvino", engine="on")
@@ -204,5 +208,5 @@ def test_the_engine_samples_through_openvino(tiny_models, pack):
     positive = g.encode(clip, PROMPT)
     got = _sample(model, positive)
     assert engine.state_of(model).last == "direct path (no CUDA graphs on cpu)"  # nothing packed
-    assert host_api.openvino_unet_of(model).last == "OpenVINO f32"
+    assert room.unet.openvino_unet_of(model).last == "OpenVINO f32"
     assert_fp32_close(got, _sample(torch_model, positive))

@@ -2,7 +2,7 @@
 that a second start with the same checkpoint and options loads them in seconds.
 
 The folder, first match wins: ADD_TURBO_OPENVINO_CACHE, else <ComfyUI user directory>/__cache/
-add_turbo_openvino, next to the compile cache (compile_cache.py says why there). IR files are kept
+add_turbo_openvino, next to the compile cache (nodes/compile_cache.py says why there). IR files are kept
 per model identity: the checkpoint's files (path, size, modification time), the loader options that
 change the converted graph, and the OpenVINO version; the input shapes name the files inside.
 OpenVINO keys its blobs by the IR and the compile options itself.
@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..add_turbo.acceleration import openvino_models
-from . import compile_cache
+from ....add_turbo.acceleration import openvino_models
+from ... import compile_cache
 
 ENV = "ADD_TURBO_OPENVINO_CACHE"
 FOLDER_NAME = "add_turbo_openvino"

@@ -23,10 +23,10 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import Upsample
 from comfy.patcher_extension import WrappersMP
 from comfy_api.torch_helpers.torch_compile import COMPILE_KEY, apply_torch_compile_factory
 
-from ...add_turbo.acceleration import lighter_layers, openvino_models
-from ...add_turbo.log_once import log_once
-from .direct_unet import holds_any
-from .module_swaps import CONV_CAST_ATTRIBUTES, instance_attributes
+from ....add_turbo.acceleration import lighter_layers, openvino_models
+from ....add_turbo.log_once import log_once
+from ...host_api.direct_unet import holds_any
+from ...host_api.module_swaps import CONV_CAST_ATTRIBUTES, instance_attributes
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ HOST_SYMBOLS = [
     ("comfy.ldm.modules.diffusionmodules.openaimodel", "Upsample.forward", ("x", "output_shape")),
     ("comfy.ldm.modules.attention", "GEGLU.forward", ("x",)),
 ]
+PART = "the UNet"
 GRAPH_REVISION = 2  # in the IR cache key: bump when the converted graph changes (2: lighter layers)
 PATCH_KEYS = ("patches", "patches_replace", "block_modifiers")  # transformer options that change the UNet's math
 
