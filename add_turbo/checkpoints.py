@@ -7,9 +7,12 @@ and what to do.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
+
+from .memory import parameter_counts
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -65,6 +68,7 @@ class CheckpointInfo:
     size_embed_dim: int = 0  # SDXL: width of each of the 6 size/crop embeddings (256 in SDXL)
     vae: dict = field(default_factory=dict)  # see vae_layout()
     dtypes: tuple[str, ...] = field(default_factory=tuple)
+    parameters: dict = field(default_factory=dict)  # "unet", "text", "vae" -> parameter count (memory.parameter_counts)
 
     @property
     def family_name(self) -> str:
@@ -183,6 +187,10 @@ def inspect_checkpoint(path: str) -> CheckpointInfo:
 
 def identify(path: str, header: dict[str, tuple[tuple[int, ...], str]]) -> CheckpointInfo:
     """`inspect_checkpoint` on an already read header ({name: (shape, dtype)}, original key layout)."""
+    return dataclasses.replace(_identify(path, header), parameters=parameter_counts(header))
+
+
+def _identify(path: str, header: dict) -> CheckpointInfo:
     keys = set(header)
     if f"{UNET_PREFIX}input_blocks.0.0.weight" not in keys:
         _refuse_other_kinds(path, keys)

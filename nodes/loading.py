@@ -85,7 +85,8 @@ def load_turbo(path: str, options: LoaderOptions = DEFAULT_OPTIONS):
 
 
 def identify(loading: Loading) -> None:
-    """The family and every size from the file's header (nothing else read yet); the UNet's tensors mapped."""
+    """The family and every size from the file's header (nothing else read yet), the engines' memory
+    check, then the UNet's tensors mapped."""
     path, prefix = loading.path, checkpoints.UNET_PREFIX
     if os.path.isdir(path):
         folder = diffusers_folders.inspect_folder(path, prefer_fp16=loading.weight_dtype == "fp16")
@@ -93,8 +94,10 @@ def identify(loading: Loading) -> None:
         loading.info = checkpoints.identify(path, {k: (tuple(v.shape), str(v.dtype)) for k, v in sd.items()})
         loading.unet_sd = {k: sd.pop(k) for k in [k for k in sd if k.startswith(prefix)]}
         loading.sd = sd
+        backends.check_memory(loading.options, loading.info)
     else:
         loading.info = checkpoints.inspect_checkpoint(path)
+        backends.check_memory(loading.options, loading.info)  # before any weight is read
         loading.unet_sd = weights.read_tensors(path, lambda key: key.startswith(prefix), loading.options.channels_last)
     unet_config = comfy.model_detection.detect_unet_config(loading.unet_sd, prefix)
     if loading.info.family == checkpoints.SDXL_TURBO:

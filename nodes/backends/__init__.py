@@ -31,6 +31,14 @@ def check(options, load_device) -> list[str]:
             for note in [engine.check(options, load_device)] if note]
 
 
+def check_memory(options, info) -> None:
+    """Refuse, before the weights are read, what an engine `options` ask for needs and this machine has not
+    (add_turbo.memory.NotEnoughMemory, with the figures and what to do)."""
+    for engine in ENGINES:
+        if engine.wanted(options) and hasattr(engine, "check_memory"):
+            engine.check_memory(options, info)
+
+
 def torch_weight_dtype(options) -> str:
     """The weight_dtype the torch modules load in: an engine that converts from them may fix it."""
     fixed = [engine.TORCH_WEIGHT_DTYPE for engine in ENGINES if engine.wanted(options)
@@ -53,4 +61,4 @@ def warm_up(model, clip, vae, options) -> list[tuple[str, str, float]]:
             if engine.wanted(options) and hasattr(engine, "warm_up")]
 
 
-__all__ = ["ENGINES", "Report", "accelerate", "check", "torch_weight_dtype", "warm_up", "cpu_kernels", "cuda_graphs", "openvino"]
+__all__ = ["ENGINES", "Report", "accelerate", "check", "check_memory", "torch_weight_dtype", "warm_up", "cpu_kernels", "cuda_graphs", "openvino"]

@@ -17,7 +17,7 @@ import torch
 from ....add_turbo.acceleration import openvino_models
 from ...weights import taesd_file
 from ..report import Report
-from . import cache, parts, unet
+from . import cache, memory, parts, unet
 from .precision import openvino_precision
 from .warm_up import warm_up
 
@@ -50,6 +50,11 @@ def check(options, load_device) -> str:
     return openvino_precision(options.weight_dtype, openvino_models.cpu_flags())[1]
 
 
+def check_memory(options, info) -> None:
+    """Refuse, before anything is read, a load whose conversion or models would not fit in memory."""
+    memory.check_memory(info, options, openvino_precision(options.weight_dtype, openvino_models.cpu_flags())[0])
+
+
 def install(model, clip, vae, options, info) -> Report:
     """From now on the UNet of `model` (and its clones), `clip`'s text encoders and, with decoder taesd,
     `vae`'s TAESD decode run on OpenVINO where they compute the same. `info`: the CheckpointInfo, whose
@@ -73,5 +78,5 @@ def install(model, clip, vae, options, info) -> Report:
     return report.left(parts.DECODE, "the VAE is not TAESD")
 
 
-__all__ = ["NAME", "TORCH_WEIGHT_DTYPE", "cache", "check", "install", "openvino_precision", "parts", "unet",
+__all__ = ["NAME", "TORCH_WEIGHT_DTYPE", "cache", "check", "check_memory", "memory", "install", "openvino_precision", "parts", "unet",
            "wanted", "warm_up"]
