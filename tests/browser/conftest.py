@@ -1,6 +1,7 @@
 import pytest
 
 from devkit.browser import Editor
+from tests.browser.helpers import exit_subgraphs
 from tests.support.server_fixtures import frontend_server  # noqa: F401  (a server per editor frontend)
 
 
@@ -13,3 +14,13 @@ def editor(frontend_server):  # noqa: F811  (the fixture imported above)
         ed = Editor(playwright, frontend_server.url)
         yield ed
         ed.close()
+
+
+@pytest.fixture
+def renderer_view(editor, request):
+    """Switch the node renderer for one test; back to the classic canvas and the root graph afterwards."""
+    renderer = request.param
+    yield renderer
+    exit_subgraphs(editor)
+    if renderer == "vue":
+        editor.set_vue_nodes(False)
