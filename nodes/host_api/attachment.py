@@ -93,3 +93,10 @@ def attachment_of(host) -> Attachment:
     if host.engines is None:
         host.engines = Attachment()
     return host.engines
+
+
+def calls_on(host, engine: str, part: str) -> list:
+    """The call objects that `engine`'s stand-in for `part` put on `host` (a CLIP or a VAE); [] where none."""
+    engines = getattr(host, "engines", None)
+    stand_in = None if engines is None else engines.find(engine, part)
+    return [] if stand_in is None else list(stand_in.calls)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from ....add_turbo.acceleration.cuda_graphs import GraphedCall
 from ...host_api import text as host_text
 from ...host_api import vae as host_vae
-from ...host_api.attachment import StandIn, attachment_of
+from ...host_api.attachment import StandIn, attachment_of, calls_on
 from ..report import Report
 
 HOST_SYMBOLS = [
@@ -67,6 +67,4 @@ def taesd_graph_obstacle(vae) -> str | None:
 
 def graphs_of(host, part: str) -> list:
     """The GraphedCalls this engine put on `host` for `part` (TEXT or DECODE); [] where none."""
-    engines = getattr(host, "engines", None)
-    stand_in = None if engines is None else engines.find(ENGINE, part)
-    return [] if stand_in is None else list(stand_in.calls)
+    return calls_on(host, ENGINE, part)
