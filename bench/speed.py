@@ -1,7 +1,8 @@
 """SD-Turbo speed on this machine: stock ComfyUI graph vs the pack's exact and fast paths vs diffusers
 vs the OpenVINO peer (optimum-intel's pipeline, as FastSD CPU runs it; bench/openvino_peer.py).
 
-Full-size random-weight SD-Turbo (SD 2.1 sizes), 1 step. Every variant runs in its own process
+Full-size random-weight SD-Turbo (SD 2.1 sizes; or, with --family sdxl_turbo, SDXL-Turbo as an fp16 file,
+the pack's variants), 1 step. Every variant runs in its own process
 (5 fp32 models would not fit in memory together), interleaved round by round (A B C D E, A B C D E,
 ...), each with an untimed warm-up run first. Per stage (text encode, UNet, decode) and end to end,
 median and min over the rounds, peak RSS, ratios to the stock graph. Writes a markdown table.
@@ -11,6 +12,7 @@ variant is asked for); when it cannot be built the table says why and the other 
   scripts/bench.sh speed                                  # 512 px, batch 1, 3 rounds, all variants
   scripts/bench.sh speed --sizes 256,512,768,1024 --batches 1,2,4 --variants pack_fast,stock
   scripts/bench.sh speed --variants pack_fast,openvino_peer,openvino_peer_f32   # the pack vs the peer
+  scripts/bench.sh speed --family sdxl_turbo --variants pack_fast,pack_openvino --openvino-cache /tmp/ov  # SDXL
   python -m bench.speed ...                               # the same in the host's Python, from the repository root
 """
 
@@ -33,7 +35,9 @@ from devkit.pack import pack_module
 
 REPO = Path(__file__).resolve().parents[1]
 
-CKPT = "bench_sd21_full_random.safetensors"
+CKPTS = {"sd_turbo": "bench_sd21_full_random.safetensors",  # fp32, 5.2 GB
+         "sdxl_turbo": "bench_sdxl_full_random_fp16.safetensors"}  # fp16, 6.9 GB (as sd_xl_turbo_1.0_fp16)
+FAMILY_NAMES = {"sd_turbo": "SD-Turbo (SD 2.1 sizes", "sdxl_turbo": "SDXL-Turbo (SDXL sizes, fp16 file"}
 VARIANTS = {
     "stock": "stock graph: CheckpointLoaderSimple + SDTurboScheduler + SamplerCustom (euler_ancestral) + VAEDecode",
     "pack_exact": "ADD Turbo exact: Loader defaults (fp32, full VAE, channels_last) + Sample (sai) + VAEDecode",
@@ -49,9 +53,10 @@ VARIANTS = {
     "diffusers_fp32_tiny": "diffusers fp32 + AutoencoderTiny (TAESD)",
     **openvino_peer.PEER_VARIANTS,
 }
+FAMILY_VARIANTS = [v for v in VARIANTS if v.startswith("pack_") or v == "stock"]  # what runs on any family
 
 
-def _comfy_variant(variant, size, batch):
+def _comfy_variant(variant, size, batch, family):
     import torch
 
     import nodes
@@ -68,8 +73,10 @@ def _comfy_variant(variant, size, batch):
                    "cpu_backend": "openvino"}
     if variant == "pack_fast_compile":
         options["compile"] = "inductor"
+    began = time.perf_counter()
     with torch.inference_mode():  # as ComfyUI's executor runs every node, the loader's compile warm-up included
-        model, clip, vae, message = graphs.load_stock_or_pack(CKPT, variant == "stock", **options)
+        model, clip, vae, message = graphs.load_stock_or_pack(CKPTS[family], variant == "stock", **options)
+    load_seconds = time.perf_counter() - began
 
     def run(timer, prompt):
         with torch.inference_mode():  # as ComfyUI's executor runs every node
@@ -82,7 +89,7 @@ def _comfy_variant(variant, size, batch):
                 (image,) = nodes.VAEDecode().decode(vae, out)
         return image.float()
 
-    run.loader_message = message
+    run.loader_message, run.load_seconds = message, load_seconds
     engine = pack_module("nodes.engine", missing_ok=True)
     run.engine_status = (lambda: engine.status(model)) if engine and options.get("engine") == "on" else None
     return run
@@ -122,13 +129,13 @@ def _diffusers_variant(variant, size, batch):
     return run
 
 
-def child(variant, size, batch, out_image):
+def child(variant, size, batch, out_image, family="sd_turbo"):
     """One process: load, warm up, one timed run; prints a JSON line."""
     if variant.startswith("diffusers"):
         run = _diffusers_variant(variant, size, batch)
     else:
         host.init_in_process()
-        run = _comfy_variant(variant, size, batch)
+        run = _comfy_variant(variant, size, batch, family)
     load_peak = metrics.peak_rss_gib()
     # Another prompt: the timed run encodes its prompt (no cache hit); "_cached" variants repeat it.
     run(Timer(), PROMPT if variant.endswith("_cached") else PROMPT + ", warm-up")
@@ -143,16 +150,20 @@ def child(variant, size, batch, out_image):
         torch.save(image[:1].clone(), out_image)
     print(json.dumps({"variant": variant, "size": size, "batch": batch, "total": total, **timer.stages,
                       "peaks": peaks, "peak_gib": max(peaks.values()), "loader": getattr(run, "loader_message", ""),
+                      "load_seconds": getattr(run, "load_seconds", None),
                       "engine": run.engine_status() if getattr(run, "engine_status", None) else ""}))
 
 
-def _ensure_models():
+def _ensure_models(family):
     host.init_in_process()  # the model factory uses the host's key maps and TAESD classes
     from devkit import turbo_models
 
     bench = host.HOME / "bench"
-    turbo_models.build_full_size_sd21(bench / CKPT, bench / "sd21_full_random_diffusers")
-    model_links.link_model(bench / CKPT, "checkpoints")
+    if family == "sdxl_turbo":
+        turbo_models.build_full_size_sdxl_fp16(bench / CKPTS[family])
+    else:
+        turbo_models.build_full_size_sd21(bench / CKPTS[family], bench / "sd21_full_random_diffusers")
+    model_links.link_model(bench / CKPTS[family], "checkpoints")
     model_links.link_taesd()
 
 
@@ -172,13 +183,12 @@ def _prepare_peer(variants) -> dict:
     return {"python": str(openvino_peer.PYTHON), "export": export}
 
 
-def _child_command(variant, size, batch, image, peer) -> list[str]:
+def _child_command(variant, size, batch, image, peer, family) -> list[str]:
     """A child process's command: the host's Python, or the peer venv's for the peer variants."""
+    child_args = ["--child", variant, str(size), str(batch), str(image) if image else "-"]
     if variant in openvino_peer.PEER_VARIANTS:
-        python, module = peer["python"], "bench.openvino_peer"
-    else:
-        python, module = sys.executable, "bench.speed"
-    return [python, "-m", module, "--child", variant, str(size), str(batch), str(image) if image else "-"]
+        return [peer["python"], "-m", "bench.openvino_peer", *child_args]
+    return [sys.executable, "-m", "bench.speed", *child_args, "--family", family]
 
 
 def main() -> int:
@@ -188,14 +198,21 @@ def main() -> int:
     parser.add_argument("--batches", default="1")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--out", default=str(REPO / "bench" / "results.md"))
+    parser.add_argument("--family", choices=list(CKPTS), default="sd_turbo")
+    parser.add_argument("--openvino-cache", help="a folder for the converted models (ADD_TURBO_OPENVINO_CACHE): "
+                        "an empty one makes the first round of the first OpenVINO variant a first start")
     parser.add_argument("--child", nargs=4, metavar=("VARIANT", "SIZE", "BATCH", "IMAGE"))
     args = parser.parse_args()
     if args.child:
         variant, size, batch, image = args.child
-        child(variant, int(size), int(batch), image if image != "-" else None)
+        child(variant, int(size), int(batch), image if image != "-" else None, args.family)
         return 0
+    if args.openvino_cache:
+        os.environ["ADD_TURBO_OPENVINO_CACHE"] = str(Path(args.openvino_cache).resolve())
+    if args.family != "sd_turbo" and set(args.variants.split(",")) - set(FAMILY_VARIANTS):
+        parser.error(f"{args.family} runs the pack's variants only: {', '.join(FAMILY_VARIANTS)}")
 
-    _ensure_models()
+    _ensure_models(args.family)
     variants = args.variants.split(",")
     configs = [(int(s), int(b)) for s in args.sizes.split(",") for b in args.batches.split(",")]
     results, images = [], {}
@@ -212,7 +229,7 @@ def main() -> int:
                 suffix = "png" if variant in openvino_peer.PEER_VARIANTS else "pt"  # the peer's venv writes PNG
                 image = (host.HOME / "bench" / f"img_{variant}_{size}.{suffix}"
                          if round_index == 0 and batch == 1 else None)
-                proc = subprocess.run(_child_command(variant, size, batch, image, peer), cwd=REPO,
+                proc = subprocess.run(_child_command(variant, size, batch, image, peer, args.family), cwd=REPO,
                                       capture_output=True, text=True)
                 if proc.returncode != 0:
                     # e.g. killed for memory (exit -9): recorded as a result, the run goes on
@@ -227,16 +244,26 @@ def main() -> int:
                 print(f"round {round_index + 1} {variant:20s} {size:4d}px x{batch}: {row['total']:7.3f} s "
                       f"(text {row.get('text', 0):.2f}, unet {row.get('unet', 0):.2f}, "
                       f"decode {row.get('decode', 0):.2f})"
-                      f" peak {row['peak_gib']:.2f} GiB {row.get('engine') or ''}"
+                      f" peak {row['peak_gib']:.2f} GiB"
+                      f"{'' if row.get('load_seconds') is None else ' load %.1f s' % row['load_seconds']}"
+                      f" {row.get('engine') or ''}"
                       f"{' | UNet precision ' + row['precision'] if row.get('precision') else ''}"
                       f"{' | loader: ' + row['loader'] if 'compile' in variant or 'openvino' in variant else ''}",
                       flush=True)
-    report = _report(results, images, variants, configs, peer)
+    report = _report(results, images, variants, configs, peer, args.family)
     Path(args.out).write_text(report)
     Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=1))  # every round's figures
     print("\n" + report)
     print(f"written to {args.out}")
     return 0
+
+
+def _load_times(rows) -> str:
+    """The first round's load (with OpenVINO, a first start where the cache was empty) and the later ones'."""
+    loads = [r.get("load_seconds") for r in rows]
+    if None in loads or not loads:
+        return "-"
+    return f"{loads[0]:.1f}" + (f" / {statistics.median(loads[1:]):.1f}" if len(loads) > 1 else "")
 
 
 def _stage_peaks(rows) -> str:
@@ -298,10 +325,10 @@ def _peer_notes(results, images, configs, peer) -> list[str]:
     return lines
 
 
-def _report(results, images, variants, configs, peer=None) -> str:
+def _report(results, images, variants, configs, peer=None, family="sd_turbo") -> str:
     import torch
 
-    lines = ["# ADD Turbo speed, SD-Turbo (SD 2.1 sizes, random weights), 1 step\n",
+    lines = [f"# ADD Turbo speed, {FAMILY_NAMES[family]}, random weights), 1 step\n",
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
              f"AMX {'yes' if getattr(torch.cpu, '_is_amx_tile_supported', lambda: False)() else 'no'}, "
              f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}. Median (min) seconds of the rounds; "
@@ -311,8 +338,8 @@ def _report(results, images, variants, configs, peer=None) -> str:
     for size, batch in configs:
         lines += [f"\n## {size}x{size}, batch {batch}\n",
                   "| variant | end to end | text | UNet | decode | vs stock | peak RSS GiB "
-                  "| at load / text / UNet / decode |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| at load / text / UNet / decode | load s: round 1 / later |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         rows = {v: [r for r in results if r["variant"] == v and r["size"] == size and r["batch"] == batch
                     and "total" in r] for v in variants}
         stock = statistics.median(r["total"] for r in rows["stock"]) if rows.get("stock") else None
@@ -320,19 +347,19 @@ def _report(results, images, variants, configs, peer=None) -> str:
             rs = rows[variant]
             unavailable = [r["unavailable"] for r in results if r["variant"] == variant and "unavailable" in r]
             if unavailable:
-                lines.append(f"| {VARIANTS[variant]} | peer not available: {unavailable[0]} | | | | | | |")
+                lines.append(f"| {VARIANTS[variant]} | peer not available: {unavailable[0]} | | | | | | | |")
                 continue
             if not rs:
                 codes = {r["failed"] for r in results
                          if r["variant"] == variant and r["size"] == size and r["batch"] == batch}
                 lines.append(f"| {VARIANTS[variant]} | failed (exit {', '.join(map(str, codes))}; -9 = killed, "
-                             "usually out of memory) | | | | | | |")
+                             "usually out of memory) | | | | | | | |")
                 continue
             med = {k: statistics.median(r.get(k, 0.0) for r in rs) for k in ("total", "text", "unet", "decode")}
             ratio = f"{med['total'] / stock:.2f}x" if stock else "-"
             lines.append(f"| {_variant_label(variant, rs)} | {med['total']:.2f} ({min(r['total'] for r in rs):.2f}) | "
                          f"{med['text']:.2f} | {med['unet']:.2f} | {med['decode']:.2f} | {ratio} | "
-                         f"{max(r['peak_gib'] for r in rs):.2f} | {_stage_peaks(rs)} |")
+                         f"{max(r['peak_gib'] for r in rs):.2f} | {_stage_peaks(rs)} | {_load_times(rs)} |")
     for size, _ in configs:
         if ("stock", size) in images and ("pack_exact", size) in images:
             a, b = torch.load(images[("stock", size)]), torch.load(images[("pack_exact", size)])

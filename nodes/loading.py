@@ -98,13 +98,19 @@ def identify(loading: Loading) -> None:
     else:
         loading.info = checkpoints.inspect_checkpoint(path)
         backends.check_memory(loading.options, loading.info)  # before any weight is read
-        loading.unet_sd = weights.read_tensors(path, lambda key: key.startswith(prefix), loading.options.channels_last)
+        loading.unet_sd = weights.read_tensors(path, lambda key: key.startswith(prefix), unet_channels_last(loading))
     unet_config = comfy.model_detection.detect_unet_config(loading.unet_sd, prefix)
     if loading.info.family == checkpoints.SDXL_TURBO:
         loading.model_config = host_api.TurboSDXL(unet_config)
         loading.model_config.size_embed_dim = loading.info.size_embed_dim
     else:
         loading.model_config = host_api.TurboSD2(unet_config)
+
+
+def unet_channels_last(loading: Loading) -> bool:
+    """Whether the torch UNet's conv weights take the NHWC layout: not where they stay the file's mapping
+    (an engine converts from them and serves in their place: a copy would stay resident for nothing)."""
+    return loading.options.channels_last and loading.weight_dtype != precision.CHECKPOINT
 
 
 def load_unet(loading: Loading) -> None:
@@ -162,7 +168,7 @@ def configure(loading: Loading) -> None:
         if options.decoder == "full":
             host_api.use_sdpa_in_vae(vae)
     if options.channels_last:
-        host_api.use_channels_last(patcher, vae)
+        host_api.use_channels_last(patcher if unet_channels_last(loading) else None, vae)
     if options.compile != "off":
         host_api.compile_unet(patcher, options.compile)
         host_api.compile_text_encoders(clip, options.compile)

@@ -10,6 +10,7 @@ HOST_SYMBOLS = [  # also supports_fp8_compute and unet_manual_cast, listed in ho
     ("comfy.utils", "weight_dtype", ("sd", "prefix")),
 ]
 FP8 = "fp8_e4m3fn"
+CHECKPOINT = "checkpoint"  # not a user's choice: the file's own dtype, kept mapped (an engine converts from it)
 WEIGHT_DTYPES = {"auto": None, "fast": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
                  FP8: torch.float8_e4m3fn}
 
@@ -53,7 +54,7 @@ def resolve(weight_dtype: str, load_device) -> tuple[str, str]:
 
 def unet_dtypes(weight_dtype: str, load_device, sd, prefix, model_config):
     """(storage dtype, manual-cast dtype or None). On CPU a chosen dtype is also the compute dtype, but
-    fp8, which is cast to fp32 there. fp8 also asks the host for its fp8 matmuls (the host's
+    fp8, which is cast to fp32 there, and CHECKPOINT (the file's fp16 / bf16, computed in fp32). fp8 also asks the host for its fp8 matmuls (the host's
     UNETLoader option fp8_e4m3fn_fast), which it uses where the device has them."""
     supported = model_config.supported_inference_dtypes
     if weight_dtype == FP8:
@@ -61,6 +62,10 @@ def unet_dtypes(weight_dtype: str, load_device, sd, prefix, model_config):
         cast = torch.float32 if load_device.type == "cpu" else mm.unet_manual_cast(WEIGHT_DTYPES[FP8], load_device,
                                                                                    supported)
         return WEIGHT_DTYPES[FP8], cast
+    if weight_dtype == CHECKPOINT:  # stored as the file has it (so it stays the file's mapping), computed in fp32
+        dtype = comfy.utils.weight_dtype(sd, prefix)
+        dtype = dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32
+        return dtype, (None if dtype == torch.float32 else torch.float32)
     if weight_dtype == "auto":
         if load_device.type == "cpu":
             return torch.float32, None  # exact and, without native bf16 units, not slower

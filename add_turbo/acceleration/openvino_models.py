@@ -3,7 +3,8 @@ compiled from its path with OpenVINO's blob cache, so that a later start loads i
 
 Conversion (`openvino.convert_model` over the torch module, then `save_model`) bakes the weights in:
 the IR is keyed by the model's identity (checkpoint, patches, options), the input shapes and the
-OpenVINO version. It is saved uncompressed: `save_model` would round the weights to fp16 otherwise.
+OpenVINO version. It is saved uncompressed: `save_model` would round the weights to fp16 otherwise; weights the module stores in fp16 or bf16 and casts
+in its forward stay so in the IR (half the disk), cast by the graph.
 A model compiled from its .xml path (not from the in-memory model) is what OpenVINO's CACHE_DIR keys
 its compiled blob by.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from .. import mapped_weights
 from .call_key import call_key
 
 log = logging.getLogger(__name__)
@@ -76,8 +79,11 @@ def convert(module: torch.nn.Module, example_inputs: tuple, xml_path: Path) -> N
     xml_path.parent.mkdir(parents=True, exist_ok=True)
     partial = xml_path.with_name(f"{xml_path.stem}.{os.getpid()}.{threading.get_ident()}.partial.xml")
     ov.save_model(model, str(partial), compress_to_fp16=False)
+    del model
     partial.with_suffix(".bin").replace(xml_path.with_suffix(".bin"))
     partial.replace(xml_path)
+    gc.collect()  # the traced graph and the IR's weights: freed before the next part converts
+    mapped_weights.trim_heap()
 
 
 class StaticModel:
@@ -99,6 +105,10 @@ class StaticModel:
         began = time.perf_counter()
         self.compiled = ov.Core().compile_model(str(xml_path), "CPU", config)
         self.compile_s = time.perf_counter() - began
+        # The compiled model holds its own copy of the weights: the IR's and the blob's mapped pages go back
+        # to the kernel (read again from the file if OpenVINO ever needs them).
+        self.released = sum(mapped_weights.release_files_under(folder) for folder in
+                            (xml_path.parent, *(() if blob_cache is None else (Path(blob_cache),))))
         self.request = self.compiled.create_infer_request()
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # what OpenVINO computes in
         self.precision = hint.get_type_name()  # "f32", "bf16"
@@ -142,12 +152,15 @@ class OpenVINOCall:
     conversion or compilation has failed (`failure` says why, logged once).
 
     `lighter`, if given, is a context manager factory active while fn is converted: it may swap layers for
-    ones that compute the same with less work (add_turbo.acceleration.lighter_layers).
+    ones that compute the same with less work (add_turbo.acceleration.lighter_layers). `ready`, if given,
+    is called with the IR's path once it is on disk (converted now or before), before it is compiled: the
+    torch weights it was made from can leave memory then.
     """
 
     def __init__(self, fn, module: torch.nn.Module, name: str, folder: Path, precision: str, blob_cache: Path | None,
-                 threads: int | None = None, lighter=None):
+                 threads: int | None = None, lighter=None, ready=None):
         self.fn, self.module, self.name, self.folder, self.lighter = fn, module, name, Path(folder), lighter
+        self.ready = ready
         self.precision, self.blob_cache, self.threads = precision, blob_cache, threads
         self.models: dict = {}  # key -> (StaticModel, output structure)
         self.failure: str | None = None
@@ -195,6 +208,8 @@ class OpenVINOCall:
             else:
                 structure = json.loads(sidecar.read_text())
                 self.runs["loaded"] += 1
+            if self.ready is not None:
+                self.ready(xml)
             model = StaticModel(xml, self.precision, self.blob_cache, self.threads)
         except Exception as error:  # noqa: BLE001 (any converter or runtime error: fn runs directly from now on)
             self.failure = f"OpenVINO could not convert or compile {self.name} ({type(error).__name__}: {str(error)[:200]})"

@@ -87,8 +87,10 @@ def use_sdpa_in_unet(patcher) -> None:
 
 
 def use_channels_last(patcher, vae) -> None:
-    """NHWC weights for the UNet and the decoder: the layout fast conv kernels prefer (cuDNN, oneDNN)."""
-    patcher.model.diffusion_model.to(memory_format=torch.channels_last)
+    """NHWC weights for the UNet (unless `patcher` is None) and the decoder: the layout fast conv kernels
+    prefer (cuDNN, oneDNN)."""
+    if patcher is not None:
+        patcher.model.diffusion_model.to(memory_format=torch.channels_last)
     vae.first_stage_model.to(memory_format=torch.channels_last)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from ....add_turbo.acceleration import openvino_models
+from ...precision import CHECKPOINT
 from ...weights import taesd_file
 from ..report import Report
 from . import cache, memory, parts, unet
@@ -31,7 +32,9 @@ TOOLTIP = (
     "and other patches run in torch (the log says why). Needs the openvino package: pip install "
     "\"add-turbo[openvino]\", or pip install openvino in ComfyUI's Python.")
 WARM_UP = "OpenVINO"  # the warm-up's label above the node
-TORCH_WEIGHT_DTYPE = "fp32"  # what the torch modules are loaded in: OpenVINO converts from them
+# The torch UNet keeps the checkpoint's own dtype and stays its memory mapping: OpenVINO converts from it
+# (its graph casts to fp32), then its pages go back to the kernel while OpenVINO serves (unet.py).
+TORCH_WEIGHT_DTYPE = CHECKPOINT
 
 
 def wanted(options) -> bool:

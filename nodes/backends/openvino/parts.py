@@ -3,16 +3,20 @@ that run a converted model (openvino_models.OpenVINOCall) wherever nothing is in
 
 from __future__ import annotations
 
+import logging
+
+from ....add_turbo import mapped_weights
 from ....add_turbo.acceleration.openvino_models import OpenVINOCall
 from ...host_api import text as host_text
 from ...host_api import vae as host_vae
-from ...host_api.attachment import StandIn, attachment_of
+from ...host_api.attachment import StandIn, attachment_of, calls_on
 from ...host_api.direct_unet import is_set
 
 HOST_SYMBOLS = [
     ("comfy.clip_model", "CLIPEncoder.forward", ("x", "mask", "intermediate_output")),
     ("comfy.taesd.taesd", "TAESD.decode", ("x",)),
 ]
+log = logging.getLogger(__name__)
 ENGINE = "OpenVINO"
 TEXT, DECODE = "the text encoders", "the TAESD decode"
 
@@ -24,11 +28,22 @@ def use_openvino_text_encoders(clip, folder, precision: str, blob_cache, threads
     if not encoders:
         return 0
     calls = {m: OpenVINOCall(type(m).forward.__get__(m), m, f"text_encoder_{i}", folder, precision, blob_cache,
-                             threads) for i, m in enumerate(encoders)}
+                             threads, ready=_spill_to(m, f"text_encoder_{i}")) for i, m in enumerate(encoders)}
     attachment_of(clip).add(StandIn(ENGINE, TEXT, "run in torch", frozenset({"encode_text"}), "forward",
                                     targets=lambda clip: calls, obstacle=lambda clip: text_openvino_obstacle(clip),
                                     calls=list(calls.values())))
     return len(encoders)
+
+
+def _spill_to(stack, name: str):
+    """Once the stack's IR is on disk: its torch weights become the mapping of a file beside it (written
+    once), so that they leave memory while OpenVINO serves and a fallback reads them again."""
+    def ready(xml):
+        moved = mapped_weights.spill(stack, xml.parent / f"{name}-torch.safetensors")
+        if moved:
+            log.info("ADD Turbo OpenVINO: %s's torch weights (%.2f GiB) stay on disk while OpenVINO serves",
+                     name, moved / 2**30)
+    return ready
 
 
 def text_openvino_obstacle(clip) -> str | None:
@@ -65,6 +80,4 @@ def taesd_openvino_obstacle(vae) -> str | None:
 
 def calls_of(host, part: str) -> list:
     """The OpenVINOCalls this engine put on `host` (a CLIP or a VAE) for `part`; [] where none."""
-    engines = getattr(host, "engines", None)
-    stand_in = None if engines is None else engines.find(ENGINE, part)
-    return [] if stand_in is None else list(stand_in.calls)
+    return calls_on(host, ENGINE, part)

@@ -23,10 +23,11 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import Upsample
 from comfy.patcher_extension import WrappersMP
 from comfy_api.torch_helpers.torch_compile import COMPILE_KEY, apply_torch_compile_factory
 
+from ....add_turbo import mapped_weights
 from ....add_turbo.acceleration import lighter_layers, openvino_models
 from ....add_turbo.log_once import log_once
 from ...host_api.direct_unet import holds_any
-from ...host_api.module_swaps import CONV_CAST_ATTRIBUTES, instance_attributes
+from ...host_api.module_swaps import instance_attributes
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,9 @@ HOST_SYMBOLS = [
     ("comfy.ldm.modules.attention", "GEGLU.forward", ("x",)),
 ]
 PART = "the UNet"
-GRAPH_REVISION = 2  # in the IR cache key: bump when the converted graph changes (2: lighter layers)
+GRAPH_REVISION = 3  # in the IR cache key: bump when the converted graph changes (2: lighter layers, 3: the
+# file's own weight dtype, cast in the graph)
+WEIGHT_PATCHES = ("weight_function", "bias_function")  # a host layer's per-call weight patches
 PATCH_KEYS = ("patches", "patches_replace", "block_modifiers")  # transformer options that change the UNet's math
 
 
@@ -58,11 +61,13 @@ class OpenVINOUNet(torch.nn.Module):
             return unet(x, timesteps, context=context, y=y, transformer_options=dict(options))
 
         self.call = openvino_models.OpenVINOCall(tensors_in_tensor_out, unet, "unet", folder, precision, blob_cache,
-                                                 torch.get_num_threads(), lighter=lambda: lighter_unet_layers(unet))
+                                                 torch.get_num_threads(), lighter=lambda: lighter_unet_layers(unet),
+                                                 ready=lambda _: self.release_torch_weights())
         # The loaded file's patch set (the loading patcher's, which its plain clones share): the IR holds
         # those weights. Set at install, not at the first call: that call may come from a LoRA clone.
         self.weights = weights
         self.last = "not run yet"  # how the last call ran, for the loader's message
+        self.released = 0  # bytes of the torch UNet's mapped weights handed back while OpenVINO serves
 
     folder = property(lambda self: self.call.folder)
     failure = property(lambda self: self.call.failure)
@@ -101,15 +106,37 @@ class OpenVINOUNet(torch.nn.Module):
             if reason is None:
                 self.last = f"OpenVINO {self.precision}"
                 return out.to(x.dtype)
+        if self.released:
+            reason += f"; its weights ({self.released / 2**30:.2f} GiB) are read again from the checkpoint"
+            self.released = 0
         log_once(log, f"ADD Turbo OpenVINO: {reason}: the UNet runs in torch", owner=self, level=logging.WARNING)
         self.last = f"torch ({reason})"
         return self.unet(x, timesteps, context=context, y=y, control=control,
                          transformer_options=transformer_options, **kwargs)
 
+    def release_torch_weights(self) -> int:
+        """Hand the torch UNet's weights back to the kernel where they are the checkpoint's mapping (the
+        file stays their copy, read again by a fallback or the next conversion). Returns the bytes."""
+        self.released += mapped_weights.release(mapped_weights.parameters_of(self.unet))
+        if self.released:
+            log.info("ADD Turbo OpenVINO: the torch UNet's weights (%.2f GiB) stay on disk while OpenVINO serves",
+                     self.released / 2**30)
+        return self.released
+
 
 def _plain(layer: torch.nn.Module) -> bool:
-    """A host layer that computes from its own weights as they are (no casts or weight functions)."""
-    return "forward" not in layer.__dict__ and not any(getattr(layer, a, False) for a in CONV_CAST_ATTRIBUTES)
+    """A host layer that computes from its own weights, cast to the input's dtype at most (no weight
+    functions: those are patches, which the IR does not hold)."""
+    return "forward" not in layer.__dict__ and not any(getattr(layer, a, False) for a in WEIGHT_PATCHES)
+
+
+def _weights(layer, x):
+    """`layer`'s weight and bias as its forward computes with them on `x`, or None where the dtypes
+    differ and the layer does not cast (the host's forward then runs, and says why)."""
+    if x.dtype != layer.weight.dtype and not getattr(layer, "comfy_cast_weights", False):
+        return None
+    bias = None if layer.bias is None else layer.bias.to(x.dtype)
+    return layer.weight.to(x.dtype), bias
 
 
 class _LighterUpsample:
@@ -119,11 +146,11 @@ class _LighterUpsample:
         self.layer = layer
 
     def __call__(self, x, output_shape=None, *args, **kwargs):
-        conv = self.layer.conv
         doubled = [2 * n for n in x.shape[2:]]
-        if not args and not kwargs and x.dim() == 4 and x.dtype == conv.weight.dtype and (
+        weights = _weights(self.layer.conv, x)
+        if not args and not kwargs and x.dim() == 4 and weights is not None and (
                 output_shape is None or list(output_shape[2:]) == doubled):
-            return lighter_layers.upsample_conv(x, conv.weight, conv.bias)
+            return lighter_layers.upsample_conv(x, *weights)
         return Upsample.forward(self.layer, x, output_shape, *args, **kwargs)
 
 
@@ -134,10 +161,10 @@ class _LighterGEGLU:
         self.layer = layer
 
     def __call__(self, x, *args, **kwargs):
-        proj = self.layer.proj
-        if args or kwargs or x.dtype != proj.weight.dtype:
+        weights = _weights(self.layer.proj, x)
+        if args or kwargs or weights is None:
             return GEGLU.forward(self.layer, x, *args, **kwargs)
-        return lighter_layers.geglu(x, proj.weight, proj.bias)
+        return lighter_layers.geglu(x, *weights)
 
 
 def lighter_unet_layers(unet):
