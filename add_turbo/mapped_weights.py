@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import ctypes
 import ctypes.util
+import functools
 import gc
 import logging
 import os
@@ -78,11 +79,11 @@ def resident_bytes(tensors) -> int:
     return sum(m.rss for m in file_mappings_of(tensors))
 
 
-def _madvise():
+@functools.cache
+def _libc():
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    madvise = libc.madvise
-    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    return madvise
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    return libc
 
 
 def release(tensors) -> int:
@@ -105,7 +106,7 @@ def _release(regions: list[Mapping]) -> int:
         if region.anonymous:
             log.debug("mapped_weights: %s has pages written in place: kept", region.path)
             continue
-        if region.rss and _madvise()(region.start, region.end - region.start, MADV_DONTNEED) == 0:
+        if region.rss and _libc().madvise(region.start, region.end - region.start, MADV_DONTNEED) == 0:
             released += region.rss
     return released
 
@@ -114,7 +115,7 @@ def trim_heap() -> bool:
     """Give the C heap's free pages back to the kernel (glibc's malloc_trim): a conversion frees
     gigabytes that glibc would otherwise keep in this process. False where there is no glibc."""
     try:
-        return bool(ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0))
+        return bool(_libc().malloc_trim(0))
     except (AttributeError, OSError):
         return False
 
