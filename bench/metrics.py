@@ -12,6 +12,11 @@ def max_abs(image, reference) -> float:
     return (image - reference).abs().max().item()
 
 
+def mean_abs(image, reference) -> float:
+    """The mean absolute difference of two images of the same shape."""
+    return (image - reference).abs().mean().item()
+
+
 def psnr(image, reference) -> float:
     """PSNR in dB of two images on a 0-1 scale; inf when they are identical."""
     mse = (image - reference).pow(2).mean().item()

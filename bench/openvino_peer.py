@@ -1,8 +1,12 @@
-"""The peer in the speed bench: the OpenVINO pipeline FastSD CPU runs SD-Turbo with.
+"""The peer in the speed bench: the OpenVINO pipelines FastSD CPU runs SD-Turbo and SDXL-Turbo with.
 
-optimum-intel's OVStableDiffusionPipeline exported from the bench's full-size diffusers folder, the
-TAESD decoder converted to OpenVINO in its place, static shapes, 1 step, guidance 0, in OpenVINO's
-default precision (bf16 on a CPU with avx512_bf16 or AMX) or f32.
+optimum-intel's OVStableDiffusionPipeline (SD-Turbo) or OVStableDiffusionXLPipeline (SDXL-Turbo)
+exported from the bench's full-size diffusers folder, the TAESD (TAESDXL) decoder converted to OpenVINO
+in its place, static shapes, 1 step, guidance 0, in OpenVINO's default precision (bf16 on a CPU with
+avx512_bf16 or AMX) or f32. SD-Turbo is exported with fp32 weights; SDXL-Turbo as FastSD ships it, with
+the fp16 weights of its file (optimum-cli --weight-format fp16: it loads the fp16 folder as it is, where
+an fp32 export would hold 14 GB of fp32 weights at once) and, for openvino_peer_int8, NNCF's int8
+weights (optimum-cli --weight-format int8, as FastSD's int8 SDXL-Turbo).
 
 optimum-intel pins diffusers and transformers below the hosts' releases, so the peer lives in a venv
 of its own (`ensure_peer_venv`), with its models exported once (`ensure_peer_models`). The bench's
@@ -29,8 +33,13 @@ REPO = Path(__file__).resolve().parents[1]
 PEER_HOME = Path(os.environ.get("ADD_TURBO_HOME", Path.home() / ".cache" / "add-turbo")) / "peer-openvino"
 VENV = PEER_HOME / "venv"
 PYTHON = VENV / "bin" / "python"
-EXPORTED_PIPELINE = PEER_HOME / "sd21_full_ov"
-TAESD_IR = PEER_HOME / "taesd_ov" / "vae_decoder" / "openvino_model.xml"
+# family -> the exported pipeline's folder per weight format, its TAESD decoder IR, the pipeline class
+EXPORTS = {"sd_turbo": {"folders": {"fp32": PEER_HOME / "sd21_full_ov", "int8": PEER_HOME / "sd21_full_ov_int8"},
+                        "taesd": PEER_HOME / "taesd_ov" / "vae_decoder" / "openvino_model.xml",
+                        "pipeline": "OVStableDiffusionPipeline"},
+           "sdxl_turbo": {"folders": {"fp16": PEER_HOME / "sdxl_full_ov", "int8": PEER_HOME / "sdxl_full_ov_int8"},
+                          "taesd": PEER_HOME / "taesdxl_ov" / "vae_decoder" / "openvino_model.xml",
+                          "pipeline": "OVStableDiffusionXLPipeline"}}
 
 # pip would otherwise replace the local CPU torch with a multi-GB CUDA build: torch is installed
 # first, alone, and pinned in every later pip call.
@@ -41,7 +50,14 @@ PEER_PINS = ("optimum-intel==2.2.0", "optimum==2.3.0", "openvino==2026.4.1", "op
 PEER_VARIANTS = {
     "openvino_peer": "OpenVINO peer (optimum-intel pipeline + TAESD IR, default precision, as FastSD CPU runs it)",
     "openvino_peer_f32": "OpenVINO peer f32 (optimum-intel pipeline + TAESD IR, INFERENCE_PRECISION_HINT f32)",
+    "openvino_peer_int8": "OpenVINO peer int8 (optimum-intel pipeline exported with --weight-format int8 + TAESD IR, "
+                          "default precision, as FastSD CPU's int8 SDXL-Turbo)",
 }
+
+
+def weight_format(family: str, variant: str) -> str:
+    """The exported weights a peer variant runs: int8 for openvino_peer_int8, else the family's own."""
+    return "int8" if variant.endswith("_int8") else next(iter(EXPORTS[family]["folders"]))
 
 
 class PeerUnavailable(RuntimeError):
@@ -89,35 +105,46 @@ def _export_once(stamp: Path, source: list, export) -> dict:
         if record.get("source") == source:
             return record
     started = time.perf_counter()
-    export()
+    peak = export()
     record = {"source": source, "seconds": round(time.perf_counter() - started, 1)}
+    if peak is not None:
+        record["peak_gib"] = round(peak, 2)
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps(record))
     return record
 
 
-def ensure_peer_models(diffusers_dir: Path, taesd_decoder: Path) -> dict:
-    """Export the bench's diffusers folder to an OpenVINO pipeline (fp32 IR) and the TAESD decoder file to
-    an OpenVINO IR, each once per source, in the peer venv. Returns the export seconds of each,
-    {"pipeline": s, "taesd": s}. Raises PeerUnavailable when the venv or an export fails."""
+def ensure_peer_models(family: str, diffusers_dir: Path, taesd_decoder: Path, formats=None) -> dict:
+    """Export the bench's diffusers folder to an OpenVINO pipeline for each weight format in `formats` (the
+    family's own by default) and the TAESD decoder file to an OpenVINO IR, each once per source, in the peer
+    venv. Returns the export seconds and peak RSS (GiB) of each, {"pipeline": {format: s}, "pipeline_peak":
+    {format: GiB}, "taesd": s}. Raises PeerUnavailable when the venv or an export fails."""
     python = ensure_peer_venv()
+    export = EXPORTS[family]
+    seconds, peaks = {}, {}
+    for weights in formats or [next(iter(export["folders"]))]:
+        folder = export["folders"][weights]
 
-    def export_pipeline():
-        import shutil
+        def export_pipeline(folder=folder, weights=weights):
+            import resource
+            import shutil
 
-        shutil.rmtree(EXPORTED_PIPELINE, ignore_errors=True)
-        _run_or_raise([VENV / "bin" / "optimum-cli", "export", "openvino", "--model", diffusers_dir,
-                       "--task", "text-to-image", "--weight-format", "fp32", EXPORTED_PIPELINE],
-                      "optimum-cli export openvino", env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            shutil.rmtree(folder, ignore_errors=True)
+            _run_or_raise([VENV / "bin" / "optimum-cli", "export", "openvino", "--model", diffusers_dir,
+                           "--task", "text-to-image", "--weight-format", weights, folder],
+                          "optimum-cli export openvino", env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB -> GiB, the largest child
+
+        record = _export_once(folder / "peer-export.json", _fingerprint(Path(diffusers_dir).rglob("*.safetensors")),
+                              export_pipeline)
+        seconds[weights], peaks[weights] = record["seconds"], record.get("peak_gib")
 
     def export_taesd():
-        _run_or_raise([python, "-m", "bench.openvino_peer", "--export-taesd", taesd_decoder, TAESD_IR],
+        _run_or_raise([python, "-m", "bench.openvino_peer", "--export-taesd", taesd_decoder, export["taesd"]],
                       "TAESD conversion to OpenVINO", cwd=REPO)
 
-    pipeline = _export_once(EXPORTED_PIPELINE / "peer-export.json",
-                            _fingerprint(Path(diffusers_dir).rglob("*.safetensors")), export_pipeline)
-    taesd = _export_once(TAESD_IR.parent / "peer-export.json", _fingerprint([Path(taesd_decoder)]), export_taesd)
-    return {"pipeline": pipeline["seconds"], "taesd": taesd["seconds"]}
+    taesd = _export_once(export["taesd"].parent / "peer-export.json", _fingerprint([Path(taesd_decoder)]), export_taesd)
+    return {"pipeline": seconds, "pipeline_peak": peaks, "taesd": taesd["seconds"]}
 
 
 def export_taesd_decoder(decoder_file: Path, out_xml: Path) -> None:
@@ -145,24 +172,26 @@ def export_taesd_decoder(decoder_file: Path, out_xml: Path) -> None:
     ov.save_model(model, str(out_xml), compress_to_fp16=False)  # the default fp16 weights would change f32 results
 
 
-def _load_pipeline(variant: str, size: int, batch: int):
+def _load_pipeline(variant: str, size: int, batch: int, family: str = "sd_turbo"):
     """The exported pipeline with TAESD as its decoder, static shapes, compiled: (pipeline, precision the
     UNet runs in)."""
     import openvino as ov
+    import optimum.intel
     from diffusers import EulerAncestralDiscreteScheduler
-    from optimum.intel import OVStableDiffusionPipeline
 
+    export = EXPORTS[family]
     config = {"INFERENCE_NUM_THREADS": len(os.sched_getaffinity(0))}
     if variant.endswith("_f32"):
         config["INFERENCE_PRECISION_HINT"] = "f32"  # otherwise bf16 wherever the CPU has it
-    pipe = OVStableDiffusionPipeline.from_pretrained(EXPORTED_PIPELINE, ov_config=config, compile=False,
-                                                     local_files_only=True)
+    pipeline_class = getattr(optimum.intel, export["pipeline"])
+    pipe = pipeline_class.from_pretrained(export["folders"][weight_format(family, variant)], ov_config=config,
+                                          compile=False, local_files_only=True)
     # the bench's diffusers variants' scheduler: 1 step from timestep 999
     pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
     pipe.set_progress_bar_config(disable=True)
     # TAESD in the full VAE decoder's place, as FastSD CPU's tiny autoencoder option; like diffusers'
     # AutoencoderTiny it takes the latents unscaled (scaling factor 1).
-    pipe.vae_decoder.model = ov.Core().read_model(TAESD_IR)
+    pipe.vae_decoder.model = ov.Core().read_model(export["taesd"])
     pipe.vae_decoder.register_to_config(scaling_factor=1.0)
     pipe.reshape(batch_size=1, height=size, width=size, num_images_per_prompt=batch)
     # optimum's reshape doubles the UNet batch for classifier-free guidance; guidance 0 runs it once.
@@ -178,7 +207,7 @@ def _load_pipeline(variant: str, size: int, batch: int):
     return pipe, precision
 
 
-def child(variant: str, size: int, batch: int, out_png: str | None) -> None:
+def child(variant: str, size: int, batch: int, out_png: str | None, family: str = "sd_turbo") -> None:
     """One process in the peer venv: load and compile, one untimed warm-up, one timed run with a new
     prompt; prints the JSON line bench.speed's children print, plus the UNet's precision and load time."""
     import numpy as np
@@ -189,12 +218,13 @@ def child(variant: str, size: int, batch: int, out_png: str | None) -> None:
     from bench.speed_run import PROMPT, SEED, Timer
 
     started = time.perf_counter()
-    pipe, precision = _load_pipeline(variant, size, batch)
+    pipe, precision = _load_pipeline(variant, size, batch, family)
     load_seconds = time.perf_counter() - started
     load_peak = metrics.peak_rss_gib()
     # (pipeline part, stage, its compiled model): the timed runs wrap the compiled model's calls
-    parts = [(part, name, part.request) for part, name in
-             ((pipe.text_encoder, "text"), (pipe.unet, "unet"), (pipe.vae_decoder, "decode"))]
+    text_encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if getattr(pipe, "text_encoder_2", None) else [])
+    stages = [(encoder, "text") for encoder in text_encoders] + [(pipe.unet, "unet"), (pipe.vae_decoder, "decode")]
+    parts = [(part, name, part.request) for part, name in stages]
 
     def timed(request, name, timer):
         def wrapper(*args, **kwargs):
@@ -228,12 +258,13 @@ def main() -> int:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--child", nargs=4, metavar=("VARIANT", "SIZE", "BATCH", "PNG"))
     group.add_argument("--export-taesd", nargs=2, metavar=("DECODER_SAFETENSORS", "OUT_XML"))
+    parser.add_argument("--family", choices=list(EXPORTS), default="sd_turbo")
     args = parser.parse_args()
     if args.export_taesd:
         export_taesd_decoder(Path(args.export_taesd[0]), Path(args.export_taesd[1]))
     else:
         variant, size, batch, png = args.child
-        child(variant, int(size), int(batch), png if png != "-" else None)
+        child(variant, int(size), int(batch), png if png != "-" else None, args.family)
     return 0
 
 

@@ -48,12 +48,15 @@ VARIANTS = {
     "pack_openvino": "ADD Turbo OpenVINO: Loader (cpu_backend openvino, weight_dtype fast, TAESD, engine on)",
     "pack_openvino_f32": "ADD Turbo OpenVINO f32: Loader (cpu_backend openvino, weight_dtype fp32, TAESD, engine on)",
     "pack_openvino_cached": "ADD Turbo OpenVINO, prompt unchanged (the prompt cache answers: live mode, seed sweeps)",
+    "pack_openvino_int8": "ADD Turbo OpenVINO int8: Loader (cpu_backend openvino_int8, weight_dtype fast, TAESD, engine on)",
     "diffusers_fp32": "diffusers fp32 StableDiffusionPipeline (trailing, guidance 0)",
     "diffusers_bf16_tiny": "diffusers bf16 + AutoencoderTiny (TAESD)",
     "diffusers_fp32_tiny": "diffusers fp32 + AutoencoderTiny (TAESD)",
     **openvino_peer.PEER_VARIANTS,
 }
-FAMILY_VARIANTS = [v for v in VARIANTS if v.startswith("pack_") or v == "stock"]  # what runs on any family
+FAMILY_VARIANTS = [v for v in VARIANTS if not v.startswith("diffusers")]  # what runs on any family
+DIFFUSERS_DIRS = {"sd_turbo": "sd21_full_random_diffusers", "sdxl_turbo": "sdxl_full_random_diffusers"}
+TAESD_DECODERS = {"sd_turbo": "taesd_decoder.safetensors", "sdxl_turbo": "taesdxl_decoder.safetensors"}
 
 
 def _comfy_variant(variant, size, batch, family):
@@ -70,7 +73,7 @@ def _comfy_variant(variant, size, batch, family):
         options = {"weight_dtype": "fast", "decoder": "taesd", "engine": "on"}
     elif variant.startswith("pack_openvino"):
         options = {"weight_dtype": "fp32" if variant.endswith("_f32") else "fast", "decoder": "taesd", "engine": "on",
-                   "cpu_backend": "openvino"}
+                   "cpu_backend": "openvino_int8" if variant.endswith("_int8") else "openvino"}
     if variant == "pack_fast_compile":
         options["compile"] = "inductor"
     began = time.perf_counter()
@@ -99,7 +102,7 @@ def _diffusers_variant(variant, size, batch):
     import torch
     from diffusers import AutoencoderTiny, EulerAncestralDiscreteScheduler, StableDiffusionPipeline
 
-    folder = host.HOME / "bench" / "sd21_full_random_diffusers"
+    folder = host.HOME / "bench" / DIFFUSERS_DIRS["sd_turbo"]
     dtype = torch.bfloat16 if variant == "diffusers_bf16_tiny" else torch.float32
     pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
     pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
@@ -160,23 +163,26 @@ def _ensure_models(family):
 
     bench = host.HOME / "bench"
     if family == "sdxl_turbo":
-        turbo_models.build_full_size_sdxl_fp16(bench / CKPTS[family])
+        turbo_models.build_full_size_sdxl_fp16(bench / CKPTS[family], bench / DIFFUSERS_DIRS[family])
     else:
-        turbo_models.build_full_size_sd21(bench / CKPTS[family], bench / "sd21_full_random_diffusers")
+        turbo_models.build_full_size_sd21(bench / CKPTS[family], bench / DIFFUSERS_DIRS[family])
     model_links.link_model(bench / CKPTS[family], "checkpoints")
     model_links.link_taesd()
 
 
-def _prepare_peer(variants) -> dict:
+def _prepare_peer(variants, family="sd_turbo") -> dict:
     """The peer's venv and exported models when a peer variant is asked for: {"python": path, "export":
-    seconds} or {"unavailable": reason}; {} when no peer variant runs (nothing is built then)."""
-    if not set(variants) & set(openvino_peer.PEER_VARIANTS):
+    ensure_peer_models' record} or {"unavailable": reason}; {} when no peer variant runs (nothing is built)."""
+    asked = [v for v in variants if v in openvino_peer.PEER_VARIANTS]
+    if not asked:
         return {}
     from devkit import turbo_models
 
-    taesd_decoder = turbo_models.build_taesd() / "taesd_decoder.safetensors"
+    taesd_decoder = turbo_models.build_taesd() / TAESD_DECODERS[family]
+    formats = sorted({openvino_peer.weight_format(family, v) for v in asked})
     try:
-        export = openvino_peer.ensure_peer_models(host.HOME / "bench" / "sd21_full_random_diffusers", taesd_decoder)
+        export = openvino_peer.ensure_peer_models(family, host.HOME / "bench" / DIFFUSERS_DIRS[family], taesd_decoder,
+                                                  formats)
     except (openvino_peer.PeerUnavailable, OSError) as error:
         print(f"peer not available: {error}", flush=True)
         return {"unavailable": str(error)}
@@ -187,7 +193,7 @@ def _child_command(variant, size, batch, image, peer, family) -> list[str]:
     """A child process's command: the host's Python, or the peer venv's for the peer variants."""
     child_args = ["--child", variant, str(size), str(batch), str(image) if image else "-"]
     if variant in openvino_peer.PEER_VARIANTS:
-        return [peer["python"], "-m", "bench.openvino_peer", *child_args]
+        return [peer["python"], "-m", "bench.openvino_peer", *child_args, "--family", family]
     return [sys.executable, "-m", "bench.speed", *child_args, "--family", family]
 
 
@@ -216,7 +222,7 @@ def main() -> int:
     variants = args.variants.split(",")
     configs = [(int(s), int(b)) for s in args.sizes.split(",") for b in args.batches.split(",")]
     results, images = [], {}
-    peer = _prepare_peer(variants)
+    peer = _prepare_peer(variants, args.family)
     if "unavailable" in peer:
         results += [{"variant": v, "size": s, "batch": b, "unavailable": peer["unavailable"]}
                     for v in variants if v in openvino_peer.PEER_VARIANTS for s, b in configs]
@@ -259,11 +265,13 @@ def main() -> int:
 
 
 def _load_times(rows) -> str:
-    """The first round's load (with OpenVINO, a first start where the cache was empty) and the later ones'."""
+    """The first round's load (with OpenVINO, a first start where the cache was empty) with its peak RSS,
+    and the later ones' load seconds."""
     loads = [r.get("load_seconds") for r in rows]
     if None in loads or not loads:
         return "-"
-    return f"{loads[0]:.1f}" + (f" / {statistics.median(loads[1:]):.1f}" if len(loads) > 1 else "")
+    first = f"{loads[0]:.1f} ({rows[0]['peaks']['load']:.2f} GiB)"
+    return first + (f" / {statistics.median(loads[1:]):.1f}" if len(loads) > 1 else "")
 
 
 def _stage_peaks(rows) -> str:
@@ -298,12 +306,16 @@ def _peer_notes(results, images, configs, peer) -> list[str]:
     if rows:
         loads = ", ".join(f"{v} {statistics.median(r['load_seconds'] for r in rows if r['variant'] == v):.1f} s"
                           for v in openvino_peer.PEER_VARIANTS if any(r["variant"] == v for r in rows))
+        export = peer["export"]
+        pipelines = ", ".join(f"{weights} weights {seconds:.0f} s" + (
+            f" at {export['pipeline_peak'][weights]:.2f} GiB peak RSS" if export["pipeline_peak"].get(weights) else "")
+            for weights, seconds in export["pipeline"].items())
         lines.append(f"\nOpenVINO peer: OpenVINO {rows[0]['openvino']}, optimum-intel {rows[0]['optimum_intel']}, "
-                     f"in a venv of its own. Export, once: pipeline {peer['export']['pipeline']:.0f} s "
-                     f"(optimum-cli, fp32 IR), TAESD {peer['export']['taesd']:.0f} s. Load and compile per "
+                     f"in a venv of its own. Export, once (optimum-cli, a one-off before the first load): {pipelines}; "
+                     f"TAESD {export['taesd']:.0f} s. Load and compile per "
                      f"process (excluded above): {loads}. Its images are 8-bit PNG.")
     ratios = (("pack_openvino", "openvino_peer"), ("pack_openvino_cached", "openvino_peer"),
-              ("pack_openvino_f32", "openvino_peer_f32"))
+              ("pack_openvino_f32", "openvino_peer_f32"), ("pack_openvino_int8", "openvino_peer_int8"))
     for size, batch in configs:
         for pack, peer_variant in ratios:
             a, b = ([r["total"] for r in results if r["variant"] == v and r["size"] == size and r["batch"] == batch
@@ -338,7 +350,7 @@ def _report(results, images, variants, configs, peer=None, family="sd_turbo") ->
     for size, batch in configs:
         lines += [f"\n## {size}x{size}, batch {batch}\n",
                   "| variant | end to end | text | UNet | decode | vs stock | peak RSS GiB "
-                  "| at load / text / UNet / decode | load s: round 1 / later |",
+                  "| at load / text / UNet / decode | load s: round 1 (its peak) / later |",
                   "|---|---|---|---|---|---|---|---|---|"]
         rows = {v: [r for r in results if r["variant"] == v and r["size"] == size and r["batch"] == batch
                     and "total" in r] for v in variants}
@@ -373,6 +385,12 @@ def _report(results, images, variants, configs, peer=None, family="sd_turbo") ->
             lines.append(f"\nfp8 vs fast at {size} (the same TAESD decoder: the difference is the UNet's fp8 "
                          f"weights): max |image diff| {metrics.max_abs(a, b) * 255:.2f}/255, PSNR "
                          f"{metrics.psnr(a, b):.1f} dB (random weights)")
+        if ("pack_openvino", size) in images and ("pack_openvino_int8", size) in images:
+            a, b = torch.load(images[("pack_openvino", size)]), torch.load(images[("pack_openvino_int8", size)])
+            lines.append(f"\nint8 weights vs OpenVINO at {size} (same seed and precision: the difference is the int8 "
+                         f"weights): max |image diff| {metrics.max_abs(a, b) * 255:.2f}/255, mean "
+                         f"{metrics.mean_abs(a, b) * 255:.2f}/255, PSNR {metrics.psnr(a, b):.1f} dB (random weights "
+                         "say nothing of the quality of real images)")
     lines += _peer_notes(results, images, configs, peer or {})
     return "\n".join(lines) + "\n"
 

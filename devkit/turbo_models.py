@@ -208,12 +208,13 @@ def build_full_size_sd21(path: Path, diffusers_dir: Path | None = None) -> Path:
     return path
 
 
-def build_full_size_sdxl_fp16(path: Path) -> Path:
+def build_full_size_sdxl_fp16(path: Path, diffusers_dir: Path | None = None) -> Path:
     """A random-weight SDXL-Turbo with the real sizes as one fp16 single file (about 6.9 GB, the layout of
-    sd_xl_turbo_1.0_fp16), for benchmarks. Built in fp16 (half of fp32's memory: about 7 GB at the peak)."""
+    sd_xl_turbo_1.0_fp16), for benchmarks, and the same weights as a diffusers folder when `diffusers_dir`
+    is given (the peer's export reads it). Built in fp16 (half of fp32's memory: about 7 GB at the peak)."""
     from safetensors.torch import save_file
 
-    if path.exists():
+    if path.exists() and (diffusers_dir is None or (diffusers_dir / "model_index.json").exists()):
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     default = torch.get_default_dtype()
@@ -223,9 +224,12 @@ def build_full_size_sdxl_fp16(path: Path) -> Path:
             pipe, single = _build_sdxl_turbo(full_size=True)
     finally:
         torch.set_default_dtype(default)
+    if diffusers_dir is not None:
+        pipe.save_pretrained(diffusers_dir, safe_serialization=True)
     del pipe
-    save_file({k: v.half().contiguous() for k, v in single.items()}, str(path) + ".partial")
-    os.replace(str(path) + ".partial", path)
+    if not path.exists():
+        save_file({k: v.half().contiguous() for k, v in single.items()}, str(path) + ".partial")
+        os.replace(str(path) + ".partial", path)
     return path
 
 

@@ -11,7 +11,7 @@ from .engine import ENGINE_MODES
 
 DECODERS = ("full", "taesd")
 ATTENTIONS = ("sdpa", "host")
-CPU_BACKENDS = ("torch", "openvino")
+CPU_BACKENDS = ("torch", "openvino", "openvino_int8")
 
 
 @dataclass(frozen=True)

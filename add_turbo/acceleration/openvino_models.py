@@ -8,6 +8,11 @@ in its forward stay so in the IR (half the disk), cast by the graph.
 A model compiled from its .xml path (not from the in-memory model) is what OpenVINO's CACHE_DIR keys
 its compiled blob by.
 
+With weights "int8", NNCF's weight compression (8-bit asymmetric, one scale and zero point per output
+channel, as optimum-intel's int8 export) turns the IR's matrix and convolution weights into uint8 before
+it is saved; the CPU plugin decompresses them as it computes, so the compiled model holds a quarter of
+the fp32 weights' memory (the activations keep the precision below).
+
 Precision is OpenVINO's INFERENCE_PRECISION_HINT: "f32", or "bf16", which OpenVINO picks by default on
 CPUs with bf16 units (avx512_bf16 or AMX) and emulates slowly elsewhere.
 """
@@ -34,16 +39,24 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = ('install it into ComfyUI\'s Python: pip install "openvino>=2026.4" '
                 '(or pip install "add-turbo[openvino]"), then restart ComfyUI')
+NNCF_HINT = ('cpu_backend openvino_int8 compresses the weights with NNCF: pip install "nncf>=3.4" into ComfyUI\'s '
+             'Python (or pip install "add-turbo[openvino]"), then restart ComfyUI')
 PRECISIONS = ("f32", "bf16")
+WEIGHT_FORMATS = ("as_module", "int8")  # the IR's weights: the module's own dtype, or NNCF's int8
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # /proc/cpuinfo flags of CPUs with bf16 dot products
 
 
-def missing() -> str | None:
-    """Why OpenVINO cannot be used here (with the fix), or None."""
+def missing(weights: str = "as_module") -> str | None:
+    """Why OpenVINO (and, for int8 weights, NNCF) cannot be used here (with the fix), or None."""
     try:
         import openvino  # noqa: F401
     except ImportError as error:
         return f"OpenVINO is not installed ({error}): {INSTALL_HINT}"
+    if weights == "int8":
+        try:
+            import nncf  # noqa: F401
+        except ImportError as error:
+            return f"NNCF is not installed ({error}): {NNCF_HINT}"
     return None
 
 
@@ -68,14 +81,29 @@ def has_bf16_units(flags: frozenset) -> bool:
     return bool(flags & BF16_FLAGS)
 
 
-def convert(module: torch.nn.Module, example_inputs: tuple, xml_path: Path) -> None:
+def compress_int8(model):
+    """`model` (an openvino.Model) with its matrix and convolution weights in NNCF's int8 (asymmetric, per
+    output channel); the graph decompresses them where they are used."""
+    import nncf
+    from nncf.common.logging.logger import set_log_level
+
+    set_log_level(logging.WARNING)  # NNCF's progress bars and statistics tables would flood ComfyUI's log
+    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+
+
+def convert(module: torch.nn.Module, example_inputs: tuple, xml_path: Path, weights: str = "as_module") -> None:
     """Convert `module` called on `example_inputs` (tensors, the shapes to fix) to IR at `xml_path`
-    (+ .bin). Written to a temporary name first: a crash never leaves a half-written model behind."""
+    (+ .bin), its weights as the module holds them or, with weights "int8", compressed by NNCF. Written to
+    a temporary name first: a crash never leaves a half-written model behind."""
     import openvino as ov
 
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"weights must be one of {WEIGHT_FORMATS}, got {weights!r}")
     with torch.inference_mode(False), torch.no_grad():  # the converter traces with autograd's machinery
         model = ov.convert_model(module, example_input=tuple(t.clone() for t in example_inputs))
     model.reshape({port: list(t.shape) for port, t in zip(model.inputs, example_inputs, strict=True)})  # static
+    if weights == "int8":
+        model = compress_int8(model)
     xml_path.parent.mkdir(parents=True, exist_ok=True)
     partial = xml_path.with_name(f"{xml_path.stem}.{os.getpid()}.{threading.get_ident()}.partial.xml")
     ov.save_model(model, str(partial), compress_to_fp16=False)
@@ -154,13 +182,14 @@ class OpenVINOCall:
     `lighter`, if given, is a context manager factory active while fn is converted: it may swap layers for
     ones that compute the same with less work (add_turbo.acceleration.lighter_layers). `ready`, if given,
     is called with the IR's path once it is on disk (converted now or before), before it is compiled: the
-    torch weights it was made from can leave memory then.
+    torch weights it was made from can leave memory then. `weights` is convert's (the caller keeps int8
+    IR in a folder of its own).
     """
 
     def __init__(self, fn, module: torch.nn.Module, name: str, folder: Path, precision: str, blob_cache: Path | None,
-                 threads: int | None = None, lighter=None, ready=None):
+                 threads: int | None = None, lighter=None, ready=None, weights: str = "as_module"):
         self.fn, self.module, self.name, self.folder, self.lighter = fn, module, name, Path(folder), lighter
-        self.ready = ready
+        self.ready, self.weights = ready, weights
         self.precision, self.blob_cache, self.threads = precision, blob_cache, threads
         self.models: dict = {}  # key -> (StaticModel, output structure)
         self.failure: str | None = None
@@ -202,7 +231,7 @@ class OpenVINOCall:
                 structure = {"single": not isinstance(sample, (tuple, list)),
                              "outputs": [None if t is None else "tensor" for t in _flat(sample)]}
                 with self.lighter() if self.lighter else contextlib.nullcontext():
-                    convert(module, tuple(inputs), xml)
+                    convert(module, tuple(inputs), xml, self.weights)
                 sidecar.write_text(json.dumps(structure))
                 self.runs["converted"] += 1
             else:

@@ -104,3 +104,25 @@ def test_an_fp16_file_converts_as_fp16_weights_with_the_torch_numbers(fp16_sdxl)
     got = _sample(model, positive)
     assert stand_in.last == "OpenVINO f32"
     assert_fp32_close(got, _sample(torch_model, positive))
+
+
+def test_int8_weights_are_compressed_and_stay_near_the_torch_numbers(tiny_models):
+    """cpu_backend openvino_int8: the IR's matrix and convolution weights are uint8 (NNCF, one scale and
+    zero point per output channel), and the UNet's output stays near torch's."""
+    pytest.importorskip("nncf", reason="the host build installs nncf (scripts/requirements-dev.txt)")
+    family = tiny_models["sd_turbo"]
+    torch_model, clip, _ = g.load(family.single_file.name, weight_dtype="fp32")
+    model, _, _, message = g.load_with_message(family.single_file.name, weight_dtype="fp32", cpu_backend="openvino_int8")
+    assert "int8 weights (NNCF)" in message, message
+    stand_in, _ = _unet_weights(model)
+    ir = "".join(p.read_text() for p in stand_in.folder.glob("unet-*.xml"))
+    assert 'element_type="u8"' in ir
+    positive = g.encode(clip, PROMPT)
+    got, want = _sample(model, positive), _sample(torch_model, positive)
+    assert stand_in.last == "OpenVINO f32"
+    # One weight's rounding is uniform within half a step of 1/255 of its output channel's range; for
+    # Gaussian rows of up to a few thousand weights (range under 8 standard deviations) that is under
+    # 8 / (255 * sqrt(12)) = 0.9 % of a layer's output, RMS, and the layers in sequence add in quadrature.
+    layers = ir.count('type="MatMul"') + ir.count('type="Convolution"')
+    error = (got - want).pow(2).mean().sqrt() / want.pow(2).mean().sqrt()
+    assert 0 < error < 0.009 * layers ** 0.5, (error, layers)

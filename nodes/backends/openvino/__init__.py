@@ -19,7 +19,7 @@ from ...precision import CHECKPOINT
 from ...weights import taesd_file
 from ..report import Report
 from . import cache, memory, parts, unet
-from .precision import openvino_precision
+from .precision import WEIGHT_FORMATS, describe, openvino_precision, weight_format
 from .warm_up import warm_up
 
 HOST_SYMBOLS: list = []  # the modules of this room name their own
@@ -29,8 +29,10 @@ TOOLTIP = (
     "OpenVINO runtime, converted once per image size and kept on disk (user/__cache/add_turbo_openvino, or "
     "ADD_TURBO_OPENVINO_CACHE). weight_dtype picks its precision: fast = bf16 on CPUs with bf16 units "
     "(avx512_bf16 or AMX; slightly different images), f32 elsewhere; auto / fp32 = f32. LoRAs, ControlNet "
-    "and other patches run in torch (the log says why). Needs the openvino package: pip install "
-    "\"add-turbo[openvino]\", or pip install openvino in ComfyUI's Python.")
+    "and other patches run in torch (the log says why). openvino_int8: the same with the UNet's and text "
+    "encoders' weights compressed to int8 by NNCF (a quarter of fp32's memory, as FastSD's int8 SDXL-Turbo; "
+    "slightly different images). Needs the openvino package (and nncf for int8): pip install "
+    "\"add-turbo[openvino]\", or pip install openvino nncf in ComfyUI's Python.")
 WARM_UP = "OpenVINO"  # the warm-up's label above the node
 # The torch UNet keeps the checkpoint's own dtype and stays its memory mapping: OpenVINO converts from it
 # (its graph casts to fp32), then its pages go back to the kernel while OpenVINO serves (unet.py).
@@ -38,7 +40,7 @@ TORCH_WEIGHT_DTYPE = CHECKPOINT
 
 
 def wanted(options) -> bool:
-    return options.cpu_backend == "openvino"
+    return options.cpu_backend in WEIGHT_FORMATS
 
 
 def check(options, load_device) -> str:
@@ -48,9 +50,10 @@ def check(options, load_device) -> str:
                          f"{load_device.type}: choose cpu_backend 'torch'")
     if options.compile != "off":
         raise ValueError("compile and cpu_backend 'openvino' both replace the UNet: set compile to 'off'")
-    if (why := openvino_models.missing()) is not None:
-        raise RuntimeError(f"cpu_backend 'openvino': {why}")
-    return openvino_precision(options.weight_dtype, openvino_models.cpu_flags())[1]
+    weights = weight_format(options.cpu_backend)
+    if (why := openvino_models.missing(weights)) is not None:
+        raise RuntimeError(f"cpu_backend '{options.cpu_backend}': {why}")
+    return describe(options, openvino_models.cpu_flags())
 
 
 def check_memory(options, info) -> None:
@@ -64,12 +67,12 @@ def install(model, clip, vae, options, info) -> Report:
     file keys the converted models on disk."""
     precision, _ = openvino_precision(options.weight_dtype, openvino_models.cpu_flags())
     threads = torch.get_num_threads()
-    where = cache.for_checkpoint(info.path, {"attention": options.attention, "channels_last": options.channels_last,
-                                             "unet_graph": unet.GRAPH_REVISION})
+    weights = weight_format(options.cpu_backend)
+    where = cache.for_loader(info.path, options, unet.GRAPH_REVISION)
     report = Report(NAME)
-    unet.use_openvino_unet(model, where.folder, precision, where.blobs)
+    unet.use_openvino_unet(model, where.folder, precision, where.blobs, weights)
     report.took(unet.PART)
-    if parts.use_openvino_text_encoders(clip, where.folder, precision, where.blobs, threads):
+    if parts.use_openvino_text_encoders(clip, where.folder, precision, where.blobs, threads, weights):
         report.took(parts.TEXT)
     else:
         report.left(parts.TEXT, "the CLIP is not the loader's")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ....add_turbo.acceleration import openvino_models
 from ... import compile_cache
+from .precision import weight_format
 
 ENV = "ADD_TURBO_OPENVINO_CACHE"
 FOLDER_NAME = "add_turbo_openvino"
@@ -40,3 +41,10 @@ def for_checkpoint(path: str, options: dict) -> OpenVINOCache:
     tag = compile_cache.cache_tag(path, {**options, "backend": "openvino"})
     base = root()
     return OpenVINOCache(base / f"{tag}-ov{openvino_models.version()}", base / "blobs")
+
+
+def for_loader(path: str, options, graph_revision: int) -> OpenVINOCache:
+    """The IR folder and blob cache of a checkpoint's UNet and text encoders under the loader's `options`
+    (the ones that change the converted graph: attention, channels_last, int8 weights)."""
+    return for_checkpoint(path, {"attention": options.attention, "channels_last": options.channels_last,
+                                 "unet_graph": graph_revision, "weights": weight_format(options.cpu_backend)})

@@ -1,46 +1,71 @@
 """What cpu_backend openvino needs in memory, from the checkpoint's parameter counts, checked before
 anything is read: a conversion that would not fit is refused with the figures instead of leaving the
-server to the kernel's OOM killer (SDXL-Turbo's first start went past 24 GiB).
+server to the kernel's OOM killer.
 
-Calibrated on SD-Turbo (1.30 B parameters, UNet 0.87 B; fp32 torch modules 4.85 GiB, UNet 3.23 GiB) on
-a 2-core AVX-512 machine, peak RSS less the 0.8 GiB the idle host holds: the first start (UNet, text
-encoders and TAESD converted) peaked at 13.71 GiB, steady runs at 10.88 GiB in bf16 and 13.22 GiB in f32.
-The torch modules stay resident in fp32 beside OpenVINO's, and converting the UNet holds its traced
-graph and the IR's weights at once: 4 bytes a parameter for the torch side, plus a multiple of the
-UNet's fp32 size for OpenVINO's side.
+What a load holds at its peak, beyond the idle host:
+- the compiled models' weights (the UNet's and the text encoders'), in the bytes a weight takes in the
+  compiled model: 4 in f32, 2 in bf16. With int8 weights (openvino_int8) the compiled model measured the
+  same as f32 on an AVX2 CPU (the plugin decompresses them when it compiles there): counted the same;
+- while the UNet compiles, its IR being read: the file's bytes a weight (the IR keeps the checkpoint's
+  dtype), about 1 with int8 weights; handed back after the compile (openvino_models.StaticModel);
+- a first start adds a share of the UNet's file bytes for the conversion itself; the torch modules are
+  the checkpoint's mapping, handed back once converted (unet.py).
+
+Calibrated on SD-Turbo (UNet 0.87 B, text 0.35 B parameters, fp32 file) on a 2-core AVX2 machine, peak
+RSS less the idle host's 0.8 GiB: f32 first start 8.27 GiB, second start 7.91 (of which 4.54 the
+compiled weights and 3.23 the UNet IR read while compiling); int8 weights 5.91 and 5.46. Steady runs
+stay under the load's peak (f32: 4.9 GiB beyond the host).
 """
 
 from __future__ import annotations
 
 from ....add_turbo import memory
 from . import cache, unet
+from .precision import weight_format
 
-FIRST_START_UNET_FACTOR = {"bf16": 2.5, "f32": 3.2}  # (13.71 - 0.8 - 4.85) / 3.23 in bf16; f32 adds its copy
-STEADY_UNET_FACTOR = {"bf16": 1.6, "f32": 2.35}  # (10.88 - 0.8 - 4.85) / 3.23; (13.22 - 0.8 - 4.85) / 3.23
+COMPILED_BYTES = {"f32": 4.0, "bf16": 2.0}  # a weight in the compiled model (int8 weights too, see above)
+IR_BYTES_INT8 = 1.0  # a weight in an int8 IR (uint8, a scale and zero point per output channel)
+FIRST_START_FILE_SHARE = 0.11  # (8.27 - 7.91) GiB / the UNet's 3.23 GiB of fp32 file
+RESIDUAL_GIB = 0.25  # activations and buffers beyond the weights (SD-Turbo, f32: 0.14 measured)
 TORCH_PATH_FACTOR = 1.15  # the torch fast path's peak over its fp32 weights (SDXL-Turbo: 14.8 GiB, 12.9 GiB)
+FILE_BYTES = {"F32": 4, "F16": 2, "BF16": 2}  # a weight in the checkpoint file, by its safetensors dtype
 
 
-def need_bytes(parameters: dict, precision: str, first_start: bool) -> int:
-    """Bytes a load with cpu_backend openvino takes beyond the running host, for the parameter counts
-    {"unet", "text", "vae"} of a checkpoint, in OpenVINO `precision` ("f32", "bf16")."""
-    factor = (FIRST_START_UNET_FACTOR if first_start else STEADY_UNET_FACTOR)[precision]
-    return int(4 * sum(parameters.values()) + factor * 4 * parameters.get("unet", 0))
+def need_bytes(parameters: dict, precision: str, first_start: bool, weights: str = "as_module",
+               file_bytes: float = 4) -> int:
+    """Bytes a load with cpu_backend openvino takes at its peak beyond the running host, for the parameter
+    counts {"unet", "text", "vae"} of a checkpoint, in OpenVINO `precision` ("f32", "bf16"), with IR
+    `weights` ("as_module", "int8") and the checkpoint's `file_bytes` a weight."""
+    unet_params = parameters.get("unet", 0)
+    need = COMPILED_BYTES[precision] * (unet_params + parameters.get("text", 0))
+    need += (IR_BYTES_INT8 if weights == "int8" else file_bytes) * unet_params
+    if first_start:
+        need += FIRST_START_FILE_SHARE * file_bytes * unet_params
+    return int(need + RESIDUAL_GIB * memory.GIB)
 
 
 def converted_before(info, options) -> bool:
     """Whether a UNet of this checkpoint and these options is on disk already (a second start)."""
-    where = cache.for_checkpoint(info.path, {"attention": options.attention, "channels_last": options.channels_last,
-                                             "unet_graph": unet.GRAPH_REVISION})
+    where = cache.for_loader(info.path, options, unet.GRAPH_REVISION)
     return where.folder.is_dir() and any(where.folder.glob("unet-*.xml"))
+
+
+def file_bytes(info) -> int:
+    """Bytes a weight takes in the checkpoint: the widest of its floating-point dtypes."""
+    return max((FILE_BYTES[d] for d in info.dtypes if d in FILE_BYTES), default=4)
 
 
 def check_memory(info, options, precision: str) -> None:
     """Refuse (memory.NotEnoughMemory, with the figures and the fixes) a load that would not fit."""
     first = not converted_before(info, options)
-    need = need_bytes(info.parameters, precision, first)
+    weights = weight_format(options.cpu_backend)
+    need = need_bytes(info.parameters, precision, first, weights, file_bytes(info))
     torch_need = TORCH_PATH_FACTOR * 4 * sum(info.parameters.values())
-    what = f"cpu_backend openvino ({precision}, {'first start: converting' if first else 'converted before'})"
+    int8_need = need_bytes(info.parameters, precision, True, "int8", file_bytes(info))
+    what = (f"cpu_backend {options.cpu_backend} ({precision}, "
+            f"{'first start: converting' if first else 'converted before'})")
+    int8 = "" if weights == "int8" else f"choose cpu_backend openvino_int8 (about {int8_need / memory.GIB:.2f} GiB), "
     memory.refuse_if_short(
         what, need, memory.available_bytes(),
-        f"choose cpu_backend torch (about {torch_need / memory.GIB:.2f} GiB for this checkpoint in fp32), or close "
-        "other models and programs and run it again")
+        f"{int8}choose cpu_backend torch (about {torch_need / memory.GIB:.2f} GiB for this checkpoint in fp32), or "
+        "close other models and programs and run it again")

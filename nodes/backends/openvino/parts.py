@@ -21,14 +21,16 @@ ENGINE = "OpenVINO"
 TEXT, DECODE = "the text encoders", "the TAESD decode"
 
 
-def use_openvino_text_encoders(clip, folder, precision: str, blob_cache, threads: int) -> int:
+def use_openvino_text_encoders(clip, folder, precision: str, blob_cache, threads: int, weights: str = "as_module") -> int:
     """From now on, on CPU, each text encoder's layer stack runs on OpenVINO (converted per input shape and
-    intermediate layer) wherever text_openvino_obstacle finds nothing in the way. Returns how many stacks."""
+    intermediate layer, its weights as `weights` says) wherever text_openvino_obstacle finds nothing in the
+    way. Returns how many stacks."""
     encoders = host_text.text_encoders(clip)
     if not encoders:
         return 0
     calls = {m: OpenVINOCall(type(m).forward.__get__(m), m, f"text_encoder_{i}", folder, precision, blob_cache,
-                             threads, ready=_spill_to(m, f"text_encoder_{i}")) for i, m in enumerate(encoders)}
+                             threads, ready=_spill_to(m, f"text_encoder_{i}"), weights=weights)
+             for i, m in enumerate(encoders)}
     attachment_of(clip).add(StandIn(ENGINE, TEXT, "run in torch", frozenset({"encode_text"}), "forward",
                                     targets=lambda clip: calls, obstacle=lambda clip: text_openvino_obstacle(clip),
                                     calls=list(calls.values())))

@@ -6,6 +6,12 @@ from __future__ import annotations
 from ....add_turbo.acceleration.openvino_models import BF16_FLAGS, has_bf16_units
 
 OPENVINO_WEIGHT_DTYPES = ("auto", "fast", "fp32", "bf16")
+WEIGHT_FORMATS = {"openvino": "as_module", "openvino_int8": "int8"}  # cpu_backend -> the IR's weights
+
+
+def weight_format(cpu_backend: str) -> str:
+    """The IR's weights for a cpu_backend: the checkpoint's own dtype, or NNCF's int8 (openvino_int8)."""
+    return WEIGHT_FORMATS[cpu_backend]
 
 
 def openvino_precision(weight_dtype: str, cpu_flags: frozenset) -> tuple[str, str]:
@@ -27,3 +33,9 @@ def openvino_precision(weight_dtype: str, cpu_flags: frozenset) -> tuple[str, st
     if weight_dtype == "bf16":
         return "bf16", "OpenVINO bf16" + ("" if units else " (emulated: this CPU has no bf16 units, f32 is faster)")
     return "f32", "OpenVINO f32"
+
+
+def describe(options, cpu_flags: frozenset) -> str:
+    """The loader's note for cpu_backend openvino / openvino_int8: the precision chosen, and int8 weights."""
+    note = openvino_precision(options.weight_dtype, cpu_flags)[1]
+    return note + (", int8 weights (NNCF)" if weight_format(options.cpu_backend) == "int8" else "")

@@ -51,7 +51,7 @@ class OpenVINOUNet(torch.nn.Module):
     """
 
     def __init__(self, unet, base_model, folder: Path, precision: str, blob_cache: Path | None, attention=None,
-                 weights=None):
+                 weights=None, weight_format: str = "as_module"):
         super().__init__()
         object.__setattr__(self, "unet", unet)
         object.__setattr__(self, "base_model", base_model)
@@ -62,7 +62,7 @@ class OpenVINOUNet(torch.nn.Module):
 
         self.call = openvino_models.OpenVINOCall(tensors_in_tensor_out, unet, "unet", folder, precision, blob_cache,
                                                  torch.get_num_threads(), lighter=lambda: lighter_unet_layers(unet),
-                                                 ready=lambda _: self.release_torch_weights())
+                                                 ready=lambda _: self.release_torch_weights(), weights=weight_format)
         # The loaded file's patch set (the loading patcher's, which its plain clones share): the IR holds
         # those weights. Set at install, not at the first call: that call may come from a LoRA clone.
         self.weights = weights
@@ -185,12 +185,14 @@ def lighter_unet_layers(unet):
 _INSTALLED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # base model -> (wrapper, stand-in)
 
 
-def use_openvino_unet(patcher, folder: Path, precision: str, blob_cache: Path | None) -> OpenVINOUNet:
-    """From now on the UNet of `patcher` (and its clones) runs on OpenVINO where it computes the same."""
+def use_openvino_unet(patcher, folder: Path, precision: str, blob_cache: Path | None,
+                      weight_format: str = "as_module") -> OpenVINOUNet:
+    """From now on the UNet of `patcher` (and its clones) runs on OpenVINO where it computes the same (up to
+    int8 rounding with weight_format "int8")."""
     unet = patcher.get_model_object("diffusion_model")
     attention = patcher.model_options.get("transformer_options", {}).get("optimized_attention_override")
     stand_in = OpenVINOUNet(unet, patcher.model, Path(folder), precision, blob_cache, attention,
-                            getattr(patcher, "patches_uuid", None))
+                            getattr(patcher, "patches_uuid", None), weight_format)
     wrapper = apply_torch_compile_factory({"diffusion_model": stand_in})
     patcher.remove_wrappers_with_key(WrappersMP.APPLY_MODEL, COMPILE_KEY)
     patcher.add_wrapper_with_key(WrappersMP.APPLY_MODEL, COMPILE_KEY, wrapper)

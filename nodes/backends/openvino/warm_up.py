@@ -11,7 +11,7 @@ import torch
 from ....add_turbo.acceleration import openvino_models
 from ...latent_sampling import empty_latent, sample_latent
 from . import parts
-from .precision import openvino_precision
+from .precision import describe
 from .unet import openvino_unet_of
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ def warm_up(model, clip, vae, options, size: int = WARM_UP_SIZE) -> tuple[str, f
     the text encoders' layer stacks and, with TAESD, its decode. The message names the precision that
     `options` chose, what runs on OpenVINO and whether this start converted or found the models on disk.
     Returns (the loader's message, the warm-up's seconds)."""
-    note = openvino_precision(options.weight_dtype, openvino_models.cpu_flags())[1]
+    note = describe(options, openvino_models.cpu_flags())
     groups = {"UNet": [openvino_unet_of(model).call], "text encoders": parts.calls_of(clip, parts.TEXT),
               "TAESD decode": parts.calls_of(vae, parts.DECODE)}
     began = time.perf_counter()
