@@ -36,7 +36,7 @@ PATH_ROOTS = (*ROOTS, "js", "workflows", "docs", "locales", ".ci")
 # Other libraries' top-level names that the docs write in dotted names. The standard library's count too, so
 # `io.Schema` (the V3 API's io, as the nodes import it) is not taken for the pack's.
 EXTERNAL = {"comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "execution", "torch", "diffusers",
-            "transformers", "safetensors", "openvino", "optimum", "ray", "numpy", "PIL", "playwright", "pytest",
+            "transformers", "safetensors", "openvino", "nncf", "optimum", "ray", "numpy", "PIL", "playwright", "pytest",
             "aiohttp", "comfy_cli", "huggingface_hub"} | set(sys.stdlib_module_names)
 FILE_SUFFIXES = {"py", "md", "json", "jsonl", "safetensors", "sh", "png", "jpg", "txt", "toml", "js", "ckpt", "pt",
                  "pth", "bin", "pkl", "yaml", "yml", "gz", "zip", "log", "html", "css", "xml", "onnx"}

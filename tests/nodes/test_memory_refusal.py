@@ -48,13 +48,17 @@ def test_a_conversion_that_will_not_fit_is_refused_and_the_host_goes_on(tiny_mod
 
 
 def test_the_estimate_follows_the_parameter_counts(comfy_host):
-    """The measured peaks (bench/results_memory_sd.md, less the idle host's 0.8 GiB) within 10 %."""
+    """The measured peaks (bench/results_memory_sd.md, results_memory_sdxl.md, less the idle host's
+    0.8 GiB): never under one, at most 15 % over (the first-start share is the larger family's)."""
     room = pack_module("nodes.backends.openvino")
     sd_turbo = {"unet": 865_910_724, "text": 354_030_080, "vae": 83_653_863}  # the real SD-Turbo's counts
-    measured = {("as_module", True): 8.27, ("as_module", False): 7.91, ("int8", True): 5.91, ("int8", False): 5.46}
-    for (weights, first), gib in measured.items():
-        estimate = room.memory.need_bytes(sd_turbo, "f32", first, weights) / 2**30
-        assert abs(estimate - gib) < 0.1 * gib, (weights, first, estimate, gib)
+    sdxl_turbo = {"unet": 2_567_463_684, "text": 817_720_320, "vae": 83_653_863}
+    measured = [(sd_turbo, 4, "as_module", True, 8.27), (sd_turbo, 4, "as_module", False, 7.91),
+                (sd_turbo, 4, "int8", True, 5.91), (sd_turbo, 4, "int8", False, 5.46),
+                (sdxl_turbo, 2, "as_module", True, 19.3)]
+    for counts, file_bytes, weights, first, gib in measured:
+        estimate = room.memory.need_bytes(counts, "f32", first, weights, file_bytes) / 2**30
+        assert gib <= estimate < 1.15 * gib, (weights, first, file_bytes, estimate, gib)
+    # SDXL-Turbo's int8 model compiles smaller than f32's, which the estimate does not count: over, not under
+    assert 13.8 <= room.memory.need_bytes(sdxl_turbo, "f32", True, "int8", 2) / 2**30 < 1.3 * 13.8
     assert room.memory.need_bytes(sd_turbo, "f32", False) > room.memory.need_bytes(sd_turbo, "bf16", False)
-    fp16_file = room.memory.need_bytes(sd_turbo, "f32", True, file_bytes=2)
-    assert fp16_file < room.memory.need_bytes(sd_turbo, "f32", True)  # an fp16 file's IR is read in half

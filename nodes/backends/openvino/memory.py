@@ -4,17 +4,19 @@ server to the kernel's OOM killer.
 
 What a load holds at its peak, beyond the idle host:
 - the compiled models' weights (the UNet's and the text encoders'), in the bytes a weight takes in the
-  compiled model: 4 in f32, 2 in bf16. With int8 weights (openvino_int8) the compiled model measured the
-  same as f32 on an AVX2 CPU (the plugin decompresses them when it compiles there): counted the same;
+  compiled model: 4 in f32, 2 in bf16. With int8 weights (openvino_int8) SD-Turbo's compiled model
+  measured as large as f32's on an AVX2 CPU (SDXL-Turbo's a quarter smaller): counted as f32's;
 - while the UNet compiles, its IR being read: the file's bytes a weight (the IR keeps the checkpoint's
   dtype), about 1 with int8 weights; handed back after the compile (openvino_models.StaticModel);
 - a first start adds a share of the UNet's file bytes for the conversion itself; the torch modules are
   the checkpoint's mapping, handed back once converted (unet.py).
 
-Calibrated on SD-Turbo (UNet 0.87 B, text 0.35 B parameters, fp32 file) on a 2-core AVX2 machine, peak
-RSS less the idle host's 0.8 GiB: f32 first start 8.27 GiB, second start 7.91 (of which 4.54 the
-compiled weights and 3.23 the UNet IR read while compiling); int8 weights 5.91 and 5.46. Steady runs
-stay under the load's peak (f32: 4.9 GiB beyond the host).
+Calibrated on a 2-core AVX2 machine, peak RSS less the idle host's 0.8 GiB, and kept at or above every
+figure measured (bench/results_memory_sd.md, results_memory_sdxl.md):
+- SD-Turbo (UNet 0.87 B, text 0.35 B parameters, fp32 file): f32 first start 8.27 GiB, second start
+  7.91 (of which 4.54 the compiled weights and 3.23 the UNet IR read while compiling); int8 weights 5.91
+  and 5.46. Steady runs stay under the load's peak (f32: 4.9 GiB beyond the host);
+- SDXL-Turbo (UNet 2.57 B, text 0.82 B, fp16 file): f32 first start 19.3 GiB, int8 weights 13.8.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from .precision import weight_format
 
 COMPILED_BYTES = {"f32": 4.0, "bf16": 2.0}  # a weight in the compiled model (int8 weights too, see above)
 IR_BYTES_INT8 = 1.0  # a weight in an int8 IR (uint8, a scale and zero point per output channel)
-FIRST_START_FILE_SHARE = 0.11  # (8.27 - 7.91) GiB / the UNet's 3.23 GiB of fp32 file
+# A first start over a second: SD-Turbo (8.27 - 7.91) GiB = 0.11 of its UNet's 3.23 GiB of fp32 file,
+# SDXL-Turbo 0.34 of its 4.78 GiB of fp16 file (its text encoders convert from fp32 copies): the larger.
+FIRST_START_FILE_SHARE = 0.35
 RESIDUAL_GIB = 0.25  # activations and buffers beyond the weights (SD-Turbo, f32: 0.14 measured)
 TORCH_PATH_FACTOR = 1.15  # the torch fast path's peak over its fp32 weights (SDXL-Turbo: 14.8 GiB, 12.9 GiB)
 FILE_BYTES = {"F32": 4, "F16": 2, "BF16": 2}  # a weight in the checkpoint file, by its safetensors dtype
