@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from . import sweep
-from .batch_worker import Renderer
+from .batch_worker import NoWorkerLeft, Renderer
 from .job import Job, default_comfyui, parse_overrides
 from .manifest import Manifest, write_atomic
 from .workflow import WorkflowError
@@ -135,12 +135,18 @@ class LocalWorkers:
     def object_info(self) -> dict:
         return self.renderer.object_info()
 
-    def outcomes(self, requests):
+    def outcomes(self, requests, note=None):
         for request in requests:
             yield self.renderer.render(request)
 
     def describe(self) -> str:
         return f"one ComfyUI at {self.renderer.url}"
+
+    def status(self) -> str:
+        return ""
+
+    def summary(self) -> str:
+        return ""
 
     def close(self) -> None:
         self.renderer.close()
@@ -184,7 +190,7 @@ def run_batch(args) -> int:
     todo = [item for item in plan.items if item.index not in manifest.finished]
     skipped = len(plan.items) - len(todo)
     counts = {"done": 0, "failed": 0}
-    workers, stopped = None, None
+    workers, stopped, summary = None, None, ""
     try:
         if todo:
             workers = make_workers(args, plan.key)
@@ -192,25 +198,35 @@ def run_batch(args) -> int:
             say(f"batch {plan.key}: {len(todo)} of {len(plan.items)} items to render on {workers.describe()}; "
                 f"into {out}")
             with tqdm(total=len(todo), unit="img", file=sys.stderr, dynamic_ncols=True, smoothing=0.1) as bar:
-                for outcome in workers.outcomes(requests):
+                def note(text: str) -> None:
+                    bar.write(text, file=sys.stderr)
+                    bar.set_postfix_str(workers.status())
+
+                for outcome in workers.outcomes(requests, note):
                     if outcome["index"] in manifest.finished:
                         continue  # a retried item whose first try also finished: landed once already
                     land(outcome, by_index[outcome["index"]], out, manifest)
                     counts[outcome["status"]] += 1
                     if outcome["status"] == "failed":
                         bar.write(f"item {outcome['index']} failed: {outcome['error']}")
+                    bar.set_postfix_str(workers.status(), refresh=False)
                     bar.update(1)
     except KeyboardInterrupt:
         stopped = "interrupted"
+    except NoWorkerLeft as error:
+        say(f"batch {plan.key}: {error}")
+        stopped = "no worker left"
     finally:
         if workers is not None:
+            summary = workers.summary()
             workers.close()
         manifest.close()
     earlier_failed = sum(1 for i, e in manifest.finished.items() if e["status"] == "failed") - counts["failed"]
     failed = counts["failed"] + earlier_failed
     missing = len(plan.items) - len(manifest.finished)
     say(f"batch {plan.key}: {counts['done']} done, {skipped} skipped (in {manifest.path} already), {failed} failed"
-        + (f", {missing} not rendered ({stopped}: run the same command again to finish)" if missing else ""))
+        + (f", {missing} not rendered ({stopped}: run the same command again to finish)" if missing else "")
+        + (f"; {summary}" if summary else ""))
     if stopped == "interrupted":
         return 130
     return 0 if failed == 0 and missing == 0 else 1
@@ -220,12 +236,14 @@ def make_workers(args, key: str):
     """RayWorkers with --ray, else LocalWorkers (--server, or an embedded ComfyUI)."""
     comfyui_args = args.comfyui_args.split()
     if args.ray is None:
-        if args.workers not in (None, 1):
-            raise sweep.SpecError("--workers needs --ray (without it, one ComfyUI renders the items in order)")
+        if args.workers not in (None, 1) or args.worker_timeout is not None:
+            raise sweep.SpecError("--workers and --worker-timeout need --ray (without it, one ComfyUI renders the items "
+                                  "in order)")
         return LocalWorkers(args.server, args.comfyui, comfyui_args, args.cpus_per_worker)
     from .ray_batch import RayWorkers
 
     if args.server:
         raise sweep.SpecError("--server and --ray exclude each other: each Ray worker starts its own ComfyUI")
-    return RayWorkers(None if args.ray == "local" else args.ray, key, args.workers, args.cpus_per_worker or 1,
-                      args.gpus_per_worker, str(args.comfyui) if args.comfyui else None, comfyui_args)
+    return RayWorkers(None if args.ray == "local" else args.ray, key, None if args.workers == "auto" else args.workers,
+                      args.cpus_per_worker or 1, args.gpus_per_worker, str(args.comfyui) if args.comfyui else None,
+                      comfyui_args, worker_timeout=args.worker_timeout, note=say)

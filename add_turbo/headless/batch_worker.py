@@ -24,6 +24,10 @@ class WorkerStartError(RuntimeError):
     """A worker's ComfyUI did not start; str() names the worker, the reason and the log's last lines."""
 
 
+class NoWorkerLeft(RuntimeError):
+    """Every worker of a run is lost or failed, and none came back in time; str() says which and why."""
+
+
 def thread_env(threads: int | None) -> dict:
     """Environment that limits a server's torch (OpenMP / MKL) threads to `threads`."""
     if not threads:

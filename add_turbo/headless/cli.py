@@ -129,6 +129,25 @@ def batch_command(args) -> int:
         return 1
 
 
+def worker_count(text: str):
+    """--workers: 'auto' or a whole number >= 1."""
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of workers (1 or more) or auto")
+    return int(text)
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0")
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m add_turbo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -152,7 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     batch.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE", help="override an input")
     batch.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                        help="render on Ray: alone, start Ray on this machine; 'auto' or an address joins a cluster")
-    batch.add_argument("--workers", type=int, help="with --ray: how many (default: as many as the cluster fits)")
+    batch.add_argument("--workers", type=worker_count, metavar="N|auto",
+                       help="with --ray: at most N workers; auto (the default): as many as the cluster's nodes fit, "
+                            "growing as nodes join")
+    batch.add_argument("--worker-timeout", type=positive_seconds, metavar="SECONDS",
+                       help="with --ray: a worker that does not answer for this long is lost and its item goes to the "
+                            "others; with no worker left for this long the run stops (default: 60)")
     batch.add_argument("--cpus-per-worker", type=int, help="CPUs Ray reserves for a worker, and its torch threads")
     batch.add_argument("--gpus-per-worker", type=float, default=0, help="with --ray: GPUs per worker (Ray sets the device)")
     batch.add_argument("--server", help="without --ray: URL of a running ComfyUI (default: start an embedded one)")

@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import uuid
 import warnings
 from pathlib import Path
@@ -30,6 +31,7 @@ import aiohttp
 from .batch_worker import Renderer, WorkerStartError
 from .client import ServerUnreachable
 from .job import PACK_DIR, default_comfyui
+from .ray_pool import WORKER_TIMEOUT, ElasticPool
 from .workflow import WorkflowError
 
 log = logging.getLogger("add_turbo.batch")
@@ -60,6 +62,8 @@ class RenderActor:
 
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         self.name, self.node = name, ray.util.get_node_ip_address()
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self.rendering = threading.Lock()  # a threaded actor (probes answer while it renders): one render at a time
         with warnings.catch_warnings():  # Ray 2.60 warns about an API it uses inside this property
             warnings.simplefilter("ignore", DeprecationWarning)
             self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
@@ -80,13 +84,18 @@ class RenderActor:
                  self.renderer.server_pid, " after a restart" if self.restarted else "")
 
     def ready(self) -> dict:
-        return {"name": self.name, "node": self.node, "error": self.start_error, "restarted": self.restarted,
+        return {"name": self.name, "node": self.node, "node_id": self.node_id, "error": self.start_error,
+                "restarted": self.restarted,
                 "server_pid": self.renderer.server_pid if self.renderer else None}
 
     def object_info(self) -> dict:
         return self.renderer.object_info()
 
     def render(self, item: dict) -> dict:
+        with self.rendering:
+            return self._render(item)
+
+    def _render(self, item: dict) -> dict:
         if self.start_error is not None:
             raise WorkerStartError(self.start_error)
         attempt = 1 + self._started_before(item["index"])
@@ -121,76 +130,80 @@ class RenderActor:
         os._exit(1)
 
 
+def node_fits(nodes: list[dict], cpus: float, gpus: float) -> int:
+    """How many workers of `cpus` CPUs and `gpus` GPUs the nodes (ray.nodes() entries) hold, node by node."""
+    total = 0
+    for node in nodes:
+        have = node.get("Resources", {})
+        fits = [have.get("CPU", 0) // cpus] if cpus else []
+        if gpus:
+            fits.append(have.get("GPU", 0) // gpus)
+        total += int(min(fits)) if fits else 0
+    return total
+
+
 class RayWorkers:
-    """The batch's workers as Ray actors. `address`: None starts Ray on this machine (unless this process
-    already runs it), "auto" or a cluster address joins a cluster."""
+    """The batch's workers as Ray actors in an ElasticPool. `address`: None starts Ray on this machine
+    (unless this process already runs it), "auto" or a cluster address joins a cluster. `workers`: a
+    ceiling (None: as many as the cluster's nodes fit, growing as nodes join)."""
 
     def __init__(self, address: str | None, job: str, workers: int | None, cpus_per_worker: float,
-                 gpus_per_worker: float, comfyui: str | None, comfyui_args: list, start_timeout: float = 300):
+                 gpus_per_worker: float, comfyui: str | None, comfyui_args: list, start_timeout: float = 300,
+                 worker_timeout: float | None = None, note=None):
         ray = self.ray = require_ray()
-        from ray.util import ActorPool
-
         if not ray.is_initialized():  # "local": a new Ray on this machine, even where RAY_ADDRESS names a cluster
             ray.init(address=address or "local", include_dashboard=False, log_to_driver=True)
-        resources = ray.cluster_resources()
-        if workers is None:
-            fits = [resources.get("CPU", 0) // max(cpus_per_worker, 1e-9)]
-            if gpus_per_worker:
-                fits.append(resources.get("GPU", 0) // gpus_per_worker)
-            workers = max(1, int(min(fits)))
         run = f"{job}_{uuid.uuid4().hex[:6]}"  # actor names are unique per run (a killed run's names free up late)
         env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(PACK_DIR), os.environ.get("PYTHONPATH")]))}
         actor_class = ray.remote(RenderActor)
         threads = max(1, int(cpus_per_worker)) if not gpus_per_worker else None
-        self.actors = [actor_class.options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=-1,
-                                           max_task_retries=-1, name=f"add_turbo_batch_{run}_w{i + 1}", namespace=NAMESPACE,
-                                           runtime_env={"env_vars": env}).remote(
-            f"w{i + 1}", run, comfyui, list(comfyui_args), threads) for i in range(workers)]
+        self.note = note or (lambda text: log.warning("ADD Turbo batch: %s", text))
+
+        def spawn(name: str):
+            # max_concurrency: ready() answers while render() runs (renders take a lock), so a lost worker shows
+            return actor_class.options(
+                num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=-1, max_task_retries=-1,
+                max_concurrency=4, name=f"add_turbo_batch_{run}_{name}", namespace=NAMESPACE,
+                runtime_env={"env_vars": env}).remote(name, run, comfyui, list(comfyui_args), threads)
+
+        self.pool = ElasticPool(ray, spawn, lambda nodes: node_fits(nodes, cpus_per_worker, gpus_per_worker),
+                                workers, worker_timeout or WORKER_TIMEOUT, start_timeout, lambda text: self.note(text))
+        self.ceiling = workers
         try:
-            states = ray.get([a.ready.remote() for a in self.actors], timeout=start_timeout)
-        except ray.exceptions.GetTimeoutError as error:
+            self.first = self.pool.wait_first()
+        except WorkerStartError as error:
             self.close()
             raise WorkerStartError(
-                f"{workers} workers x {cpus_per_worker} CPU(s)" + (f" x {gpus_per_worker} GPU(s)" if gpus_per_worker else "")
-                + f" did not all start in {start_timeout:.0f} s; the cluster has {json.dumps(resources)}: "
-                "ask for fewer --workers or fewer --cpus-per-worker") from error
-        except ray.exceptions.RayError as error:  # an actor that died starting (the pack not importable there...)
-            self.close()
-            raise WorkerStartError(f"a worker could not start: {error}") from error
+                f"{error}\n(each worker: {cpus_per_worker} CPU(s)" + (f", {gpus_per_worker} GPU(s)" if gpus_per_worker else "")
+                + f"; the cluster has {json.dumps(ray.cluster_resources())})") from error
         except BaseException:  # Ctrl-C while the workers start
             self.close()
             raise
-        failed = [s for s in states if s["error"]]
-        if failed:
-            self.close()
-            raise WorkerStartError("\n".join(f"worker {s['name']} {s['error']}" for s in failed))
-        self.states = states
-        self.pool = ActorPool(self.actors)
 
     def object_info(self) -> dict:
-        return self.ray.get(self.actors[0].object_info.remote())
+        try:
+            return self.ray.get(self.first.actor.object_info.remote(), timeout=self.pool.start_timeout)
+        except self.ray.exceptions.GetTimeoutError as error:
+            raise WorkerStartError(f"worker {self.first.name} did not answer in {self.pool.start_timeout:.0f} s") from error
 
-    def outcomes(self, items):
-        """Outcomes of `items` (an iterable of item dicts) as they finish; an actor gets an item when free."""
-        items = iter(items)
-        pending = 0
-        while True:
-            while self.pool.has_free():
-                item = next(items, None)
-                if item is None:
-                    break
-                self.pool.submit(lambda actor, it: actor.render.remote(it), item)
-                pending += 1
-            if not pending:
-                return
-            outcome = self.pool.get_next_unordered()
-            pending -= 1
-            yield outcome
+    def outcomes(self, items, note=None):
+        """Outcomes of `items` (item dicts) as they finish, each once; `note(text)` hears of workers that
+        come and go. Raises NoWorkerLeft."""
+        if note is not None:
+            self.note = note
+        return self.pool.outcomes(items)
 
     def describe(self) -> str:
-        nodes = sorted({s["node"] for s in self.states})
-        return f"{len(self.actors)} Ray workers on {len(nodes)} node(s) ({', '.join(nodes)})"
+        up = self.pool.up()
+        nodes = sorted({w.node for w in up})
+        ceiling = f"up to {self.ceiling}" if self.ceiling else "as many as the cluster fits"
+        return f"Ray workers ({ceiling}; {len(up)} up on {', '.join(nodes)}, more as they start)"
+
+    def status(self) -> str:
+        return self.pool.status()
+
+    def summary(self) -> str:
+        return self.pool.summary()
 
     def close(self) -> None:
-        for actor in self.actors:
-            self.ray.kill(actor, no_restart=True)
+        self.pool.close()

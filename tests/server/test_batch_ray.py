@@ -97,7 +97,7 @@ def test_ctrl_c_stops_the_workers_and_the_rerun_renders_exactly_the_rest(workflo
 
 
 def test_joins_a_cluster_started_with_ray_start(workflow, lone, tmp_path):
-    """--ray auto (as the README's two-node example on the head node): the driver joins the cluster that
+    """--ray auto (as docs/cli.md's two-node example on the head node): the driver joins the cluster that
     `ray start --head` started; the workers find the pack through the runtime environment the driver
     gives them. (Ray 2.60's `ray start` turns token authentication on; `auto` finds the cluster's mode.)"""
     ray_cli = str(Path(sys.executable).with_name("ray"))
@@ -113,7 +113,7 @@ def test_joins_a_cluster_started_with_ray_start(workflow, lone, tmp_path):
              "--comfyui", str(host.COMFY_DIR), "--comfyui-args", comfy_args()],
             cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
-        assert "4 done, 0 skipped" in result.stderr and "2 Ray workers on 1 node(s)" in result.stderr
+        assert "4 done, 0 skipped" in result.stderr and "; 2 worker(s): w1 on " in result.stderr
         lines = manifest(out)[1]
         assert all(line["pixels_sha256"][0] == lone[line["index"]] for line in lines) and len(lines) == 4
     finally:
