@@ -1,17 +1,15 @@
 """A batch's workers on a Ray cluster: one actor per worker, each owning one ComfyUI server on its node
-(add_turbo.headless.batch_worker.Renderer), fed through Ray's ActorPool.
+(add_turbo.headless.batch_worker.Renderer), fed by the elastic pool of add_turbo.headless.ray_pool.
 
-Why ActorPool and not Ray Data: the driver must see each item's outcome as it finishes, to write its
-image and manifest line at once (resume after Ctrl-C, exactly-once landing); the pool gives an actor
-its next item only when it is free, which is the backpressure; and actor restarts with task retries
-come from Ray Core. Ray Data would add a streaming executor and Arrow blocks of PNG bytes for none of
-that.
+Why not Ray Data: the driver must see each item's outcome as it finishes, to write its image and
+manifest line at once (resume after Ctrl-C, exactly-once landing), and must give a lost node's item to
+the workers that remain, which neither Ray Data nor ActorPool does (ActorPool waits with no timeout).
 
 Faults: actors are created with max_restarts=-1 and max_task_retries=-1. A worker whose ComfyUI dies
 exits its process (os._exit), so that Ray restarts the actor (a new ComfyUI) and retries the item it
-was rendering; an actor killed outright is restarted and retried the same way. Work may thus run
-twice; the driver keeps the first outcome of each item. A refused prompt is an outcome, not an error:
-never retried.
+was rendering; an actor killed outright is restarted and retried the same way. A lost node is the
+pool's: its worker's item goes to the others. Work may thus run twice; the driver keeps the first
+outcome of each item. A refused prompt is an outcome, not an error: never retried.
 """
 
 from __future__ import annotations

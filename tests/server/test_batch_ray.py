@@ -4,9 +4,11 @@ ComfyUI and a killed actor; a worker that cannot start is named, not waited for.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -29,6 +31,7 @@ from tests.support.batch import (
     manifest,
     write_prompt,
 )
+from tests.support.ray_nodes import kill_processes_naming
 
 ray = pytest.importorskip("ray", reason="the host build installs ray (scripts/requirements-dev.txt)")
 
@@ -102,8 +105,11 @@ def test_joins_a_cluster_started_with_ray_start(workflow, lone, tmp_path):
     gives them. (Ray 2.60's `ray start` turns token authentication on; `auto` finds the cluster's mode.)"""
     ray_cli = str(Path(sys.executable).with_name("ray"))
     port = str(free_port())
+    # a temp dir of its own (short: Ray's socket paths have a length limit) names this cluster's processes
+    temp_dir = tempfile.mkdtemp(prefix="atray", dir="/tmp")
     started = subprocess.run([ray_cli, "start", "--head", "--port", port, "--num-cpus", "2", "--include-dashboard",
-                              "false", "--disable-usage-stats"], capture_output=True, text=True, timeout=180, env=cli_env())
+                              "false", "--disable-usage-stats", "--temp-dir", temp_dir],
+                             capture_output=True, text=True, timeout=180, env=cli_env())
     assert started.returncode == 0, started.stderr[-3000:]
     try:
         out = tmp_path / "out"
@@ -117,7 +123,8 @@ def test_joins_a_cluster_started_with_ray_start(workflow, lone, tmp_path):
         lines = manifest(out)[1]
         assert all(line["pixels_sha256"][0] == lone[line["index"]] for line in lines) and len(lines) == 4
     finally:
-        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+        assert kill_processes_naming(temp_dir) > 0  # never `ray stop`: it would kill every Ray on the machine
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _parsed(text: str) -> dict | None:

@@ -32,6 +32,31 @@ def can_make_namespaces() -> str | None:
     return None
 
 
+def kill_processes_naming(text: str, timeout: float = 30) -> int:
+    """SIGKILL every process whose command line holds `text` (a Ray session's --temp-dir: its daemons and
+    workers name it), until none is left; how many were killed. The Ray of one test, not every Ray here."""
+    deadline, killed = time.monotonic() + timeout, set()
+    while True:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                try:
+                    if text.encode() in (entry / "cmdline").read_bytes():
+                        found.append(int(entry.name))
+                except OSError:
+                    pass  # gone meanwhile
+        if not found:
+            return len(killed)
+        assert time.monotonic() < deadline, f"processes naming {text} still alive after {timeout} s: {found}"
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+
+
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
 
