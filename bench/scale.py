@@ -56,8 +56,8 @@ def _workflow(model: str, folder: Path) -> Path:
     else:
         from bench import speed
 
-        speed._ensure_models()
-        ckpt, loader = speed.CKPT, {"weight_dtype": "fast", "decoder": "taesd", "engine": "on"}
+        speed._ensure_models("sd_turbo")
+        ckpt, loader = speed.CKPTS["sd_turbo"], {"weight_dtype": "fast", "decoder": "taesd", "engine": "on"}
     prompt = txt2img_prompt(ckpt, size=MODELS[model]["size"], text="a cinematic photo of a red fox in the snow")
     prompt["1"]["inputs"].update(loader)
     path = folder / f"{model}.json"

@@ -1,5 +1,5 @@
 """python -m add_turbo batch --ray on a real two-node cluster: each node in a network namespace of its own
-(tests/support/ray_nodes.py), `ray start` in each, the driver on the head h (1 CPU); the second node w is
+(devkit/ray_nodes.py), `ray start` in each, the driver on the head h (1 CPU); the second node w is
 started, killed (every process in its namespace: the machine dies) and started again by the cases.
 
 Where a case needs the sweep to outlast an event (a node joining, a node coming back) the head's ComfyUI is
@@ -21,8 +21,8 @@ from add_turbo.headless.batch import pixel_hash
 from add_turbo.headless.batch_worker import thread_env
 from add_turbo.headless.ray_pool import GROW_EVERY
 from devkit import host
+from devkit.ray_nodes import NetnsCluster, can_make_namespaces
 from tests.support.batch import REPO, cli_env, comfy_args, item_lines, lone_pixel_hashes, manifest, write_prompt
-from tests.support.ray_nodes import NetnsCluster, can_make_namespaces
 
 pytest.importorskip("ray", reason="the host build installs ray (scripts/requirements-dev.txt)")
 if (why := can_make_namespaces()) is not None:

@@ -21,6 +21,7 @@ from add_turbo.headless.batch_worker import thread_env
 from add_turbo.headless.ray_batch import NAMESPACE
 from add_turbo.headless.server import free_port
 from devkit import host
+from devkit.ray_nodes import kill_processes_naming
 from tests.support.batch import (
     REPO,
     cli_env,
@@ -31,7 +32,6 @@ from tests.support.batch import (
     manifest,
     write_prompt,
 )
-from tests.support.ray_nodes import kill_processes_naming
 
 ray = pytest.importorskip("ray", reason="the host build installs ray (scripts/requirements-dev.txt)")
 
