@@ -32,11 +32,25 @@ def can_make_namespaces() -> str | None:
     return None
 
 
+def _kill_until_gone(pids, what: str, timeout: float) -> int:
+    """SIGKILL the processes pids() lists until it lists none; how many were killed."""
+    deadline, killed = time.monotonic() + timeout, set()
+    while found := pids():
+        assert time.monotonic() < deadline, f"processes of {what} still alive after {timeout} s: {found}"
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+    return len(killed)
+
+
 def kill_processes_naming(text: str, timeout: float = 30) -> int:
     """SIGKILL every process whose command line holds `text` (a Ray session's --temp-dir: its daemons and
     workers name it), until none is left; how many were killed. The Ray of one test, not every Ray here."""
-    deadline, killed = time.monotonic() + timeout, set()
-    while True:
+    def naming() -> list[int]:
         found = []
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit() and int(entry.name) != os.getpid():
@@ -45,16 +59,9 @@ def kill_processes_naming(text: str, timeout: float = 30) -> int:
                         found.append(int(entry.name))
                 except OSError:
                     pass  # gone meanwhile
-        if not found:
-            return len(killed)
-        assert time.monotonic() < deadline, f"processes naming {text} still alive after {timeout} s: {found}"
-        for pid in found:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed.add(pid)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.1)
+        return found
+
+    return _kill_until_gone(naming, text, timeout)
 
 
 def _ip(*args: str) -> None:
@@ -117,15 +124,7 @@ class NetnsCluster:
 
     def kill(self, name: str, timeout: float = 30) -> None:
         """SIGKILL every process in node `name`'s namespace (the machine dies), until none is left."""
-        deadline = time.monotonic() + timeout
-        while pids := self.pids(name):
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            assert time.monotonic() < deadline, f"processes of node {name} still alive after {timeout} s: {pids}"
-            time.sleep(0.1)
+        _kill_until_gone(lambda: self.pids(name), f"node {name}", timeout)
 
     def close(self) -> None:
         for ns in reversed(self.made):
