@@ -179,6 +179,7 @@ def run_batch(args) -> int:
     on an error, 2 for a bad command line, 130 on Ctrl-C."""
     from tqdm import tqdm
 
+    check_worker_flags(args)
     if args.ray is not None:
         from .ray_batch import require_ray
 
@@ -232,18 +233,29 @@ def run_batch(args) -> int:
     return 0 if failed == 0 and missing == 0 else 1
 
 
+def check_worker_flags(args) -> None:
+    """Refuse worker flags that do not go together (sweep.SpecError), before the out folder is claimed."""
+    if args.ray is None:
+        if args.workers not in (None, 1) or args.worker_timeout is not None or args.min_workers is not None:
+            raise sweep.SpecError("--workers, --min-workers and --worker-timeout need --ray (without it, one ComfyUI "
+                                  "renders the items in order)")
+        return
+    ceiling = None if args.workers in (None, "auto") else args.workers
+    if args.min_workers is not None and ceiling is not None and args.min_workers > ceiling:
+        raise sweep.SpecError(f"--min-workers {args.min_workers} is more than --workers {ceiling}: lower it or raise "
+                              "--workers")
+    if args.server:
+        raise sweep.SpecError("--server and --ray exclude each other: each Ray worker starts its own ComfyUI")
+
+
 def make_workers(args, key: str):
     """RayWorkers with --ray, else LocalWorkers (--server, or an embedded ComfyUI)."""
     comfyui_args = args.comfyui_args.split()
     if args.ray is None:
-        if args.workers not in (None, 1) or args.worker_timeout is not None:
-            raise sweep.SpecError("--workers and --worker-timeout need --ray (without it, one ComfyUI renders the items "
-                                  "in order)")
         return LocalWorkers(args.server, args.comfyui, comfyui_args, args.cpus_per_worker)
     from .ray_batch import RayWorkers
 
-    if args.server:
-        raise sweep.SpecError("--server and --ray exclude each other: each Ray worker starts its own ComfyUI")
-    return RayWorkers(None if args.ray == "local" else args.ray, key, None if args.workers == "auto" else args.workers,
+    ceiling = None if args.workers in (None, "auto") else args.workers
+    return RayWorkers(None if args.ray == "local" else args.ray, key, ceiling,
                       args.cpus_per_worker or 1, args.gpus_per_worker, str(args.comfyui) if args.comfyui else None,
-                      comfyui_args, worker_timeout=args.worker_timeout, note=say)
+                      comfyui_args, worker_timeout=args.worker_timeout, note=say, min_workers=args.min_workers or 1)

@@ -138,6 +138,12 @@ def worker_count(text: str):
     return int(text)
 
 
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number (1 or more)")
+    return int(text)
+
+
 def positive_seconds(text: str) -> float:
     try:
         seconds = float(text)
@@ -174,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     batch.add_argument("--workers", type=worker_count, metavar="N|auto",
                        help="with --ray: at most N workers; auto (the default): as many as the cluster's nodes fit, "
                             "growing as nodes join")
+    batch.add_argument("--min-workers", type=positive_int, metavar="N",
+                       help="with --ray: start rendering once N workers are up, so that the first items are shared "
+                            "(default 1; fewer when no more can start)")
     batch.add_argument("--worker-timeout", type=positive_seconds, metavar="SECONDS",
                        help="with --ray: a worker that does not answer for this long is lost and its item goes to the "
                             "others; with no worker left for this long the run stops (default: 60)")

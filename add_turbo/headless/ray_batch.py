@@ -143,11 +143,12 @@ def node_fits(nodes: list[dict], cpus: float, gpus: float) -> int:
 class RayWorkers:
     """The batch's workers as Ray actors in an ElasticPool. `address`: None starts Ray on this machine
     (unless this process already runs it), "auto" or a cluster address joins a cluster. `workers`: a
-    ceiling (None: as many as the cluster's nodes fit, growing as nodes join)."""
+    ceiling (None: as many as the cluster's nodes fit, growing as nodes join); rendering starts once
+    `min_workers` are up (or no more can come)."""
 
     def __init__(self, address: str | None, job: str, workers: int | None, cpus_per_worker: float,
                  gpus_per_worker: float, comfyui: str | None, comfyui_args: list, start_timeout: float = 300,
-                 worker_timeout: float | None = None, note=None):
+                 worker_timeout: float | None = None, note=None, min_workers: int = 1):
         ray = self.ray = require_ray()
         if not ray.is_initialized():  # "local": a new Ray on this machine, even where RAY_ADDRESS names a cluster
             ray.init(address=address or "local", include_dashboard=False, log_to_driver=True)
@@ -168,7 +169,7 @@ class RayWorkers:
                                 workers, worker_timeout or WORKER_TIMEOUT, start_timeout, lambda text: self.note(text))
         self.ceiling = workers
         try:
-            self.first = self.pool.wait_first()
+            self.first = self.pool.wait_first(min_workers)
         except WorkerStartError as error:
             self.close()
             raise WorkerStartError(

@@ -146,19 +146,24 @@ class ElasticPool:
         self.ray.kill(worker.actor, no_restart=True)
 
     # --- the loop ----------------------------------------------------------------------------------
-    def wait_first(self) -> Worker:
-        """Start the workers the cluster fits; return the first that is up.
+    def wait_first(self, min_up: int = 1) -> Worker:
+        """Start the workers the cluster fits; return the first that is up, once `min_up` are up or no
+        more can come (the others failed, or start_timeout passed with at least one up).
 
         Raises:
             WorkerStartError: every worker failed to start, or none started in start_timeout.
         """
         start = time.monotonic()
         self.look(start)
-        while not self.up():
+        while len(self.up()) < min_up:
+            waited = time.monotonic() - start > self.start_timeout
+            if self.up() and (waited or len(self.usable()) < min_up):
+                self.note(f"{len(self.up())} of the {min_up} workers asked for are up: rendering on those")
+                break
             if not self.usable():
                 raise WorkerStartError("no worker could start:\n" + "\n".join(
                     f"worker {w.name} {w.why}" for w in self.workers))
-            if time.monotonic() - start > self.start_timeout:
+            if waited:
                 raise WorkerStartError(f"no worker started in {self.start_timeout:.0f} s")
             self._wait_probes()
         self.running = True

@@ -92,6 +92,8 @@ def test_bad_specs_and_another_job_are_refused_before_anything_runs(workflow, tm
         (["--sweep", "ADDTurboSample.seed="], "write NODE.INPUT=A:B"),
         (["--prompts", tmp_path / "absent.txt"], "cannot read it"),
         ([], "nothing to sweep"),
+        (["--sweep", "4.seed=1,2", "--min-workers", "2"], "need --ray"),
+        (["--sweep", "4.seed=1,2", "--ray", "--workers", "1", "--min-workers", "2"], "more than --workers 1"),
     ]:
         result = cli("batch", workflow, "--server", "http://127.0.0.1:9", "--out", out, *args, timeout=60)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)

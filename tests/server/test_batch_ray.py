@@ -64,8 +64,11 @@ def lone(workflow, tiny_models, tmp_path_factory):
 
 
 def batch(workflow, out, *extra):
+    """The 12-seed sweep on two workers; rendering waits for both, so that each takes items whatever the
+    machine's speed."""
     return add_turbo_cli.main(["batch", str(workflow), "--out", str(out), "--sweep", f"ADDTurboSample.seed=0:{len(SEEDS)}",
-                               "--ray", "--workers", "2", "--cpus-per-worker", "1", "--comfyui", str(host.COMFY_DIR),
+                               "--ray", "--workers", "2", "--min-workers", "2", "--cpus-per-worker", "1",
+                               "--comfyui", str(host.COMFY_DIR),
                                "--comfyui-args", comfy_args(), *extra])
 
 
@@ -202,7 +205,8 @@ def test_a_killed_actor_is_restarted_and_its_item_retried(ray_cluster, workflow,
 def test_a_refused_item_is_recorded_failed_once_and_not_retried(ray_cluster, workflow, tmp_path, capfd):
     out = tmp_path / "out"
     code = add_turbo_cli.main(["batch", str(workflow), "--out", str(out), "--sweep", "ADDTurboSample.steps=1,0,2,3",
-                               "--ray", "--workers", "2", "--cpus-per-worker", "1", "--comfyui", str(host.COMFY_DIR),
+                               "--ray", "--workers", "2", "--min-workers", "2", "--cpus-per-worker", "1",
+                               "--comfyui", str(host.COMFY_DIR),
                                "--comfyui-args", comfy_args()])
     err = capfd.readouterr().err
     assert code == 1 and "3 done, 0 skipped" in err and "1 failed" in err, err
