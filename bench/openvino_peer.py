@@ -180,7 +180,9 @@ def _load_pipeline(variant: str, size: int, batch: int, family: str = "sd_turbo"
     from diffusers import EulerAncestralDiscreteScheduler
 
     export = EXPORTS[family]
-    config = {"INFERENCE_NUM_THREADS": len(os.sched_getaffinity(0))}
+    # CACHE_DIR "": no compiled-model cache, as FastSD CPU loads its pipelines (its fix for a second copy of
+    # the weights in memory); optimum-intel would otherwise write one beside the model.
+    config = {"INFERENCE_NUM_THREADS": len(os.sched_getaffinity(0)), "CACHE_DIR": ""}
     if variant.endswith("_f32"):
         config["INFERENCE_PRECISION_HINT"] = "f32"  # otherwise bf16 wherever the CPU has it
     pipeline_class = getattr(optimum.intel, export["pipeline"])
