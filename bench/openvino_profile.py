@@ -19,7 +19,17 @@ from pathlib import Path
 from devkit import host
 
 PEER_UNET = host.HOME / "peer-openvino" / "sd21_full_ov" / "unet" / "openvino_model.xml"
-SHAPES = ([1, 4, 64, 64], [1], [1, 77, 1024])  # latent, timestep, text: 512 px, batch 1
+
+
+def static_shape(shape) -> list[int]:
+    """A dynamic UNet input's shape at 512 px, batch 1: the latent 1x4x64x64, the text 1x77xC, others
+    (timestep, SDXL's pooled text and time ids) batch 1 with their static sizes."""
+    dims = [d.get_length() if d.is_static else None for d in shape]
+    if len(dims) == 4:
+        return [1, dims[1] or 4, 64, 64]
+    if len(dims) == 3:
+        return [1, 77, dims[2]]
+    return [1] + [d or 1 for d in dims[1:]]
 
 
 def newest_pack_unet() -> Path | None:
@@ -36,7 +46,7 @@ def profile(path: Path, precision: str, runs: int):
     core = ov.Core()
     model = core.read_model(str(path))
     if not all(p.get_partial_shape().is_static for p in model.inputs):
-        model.reshape({p: shape for p, shape in zip(model.inputs, SHAPES, strict=True)})
+        model.reshape({p: static_shape(p.get_partial_shape()) for p in model.inputs})
     compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
                                                  "NUM_STREAMS": 1, "PERF_COUNT": True})
     request = compiled.create_infer_request()
