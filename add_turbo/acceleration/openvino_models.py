@@ -131,7 +131,15 @@ class StaticModel:
             # compile that loads the f32 blob of the same IR computes NaNs.
             config["CACHE_DIR"] = str(Path(blob_cache) / precision)
         began = time.perf_counter()
-        self.compiled = ov.Core().compile_model(str(xml_path), "CPU", config)
+        core = ov.Core()
+        self.compiled = core.compile_model(str(xml_path), "CPU", config)
+        if blob_cache is not None and not self.compiled.get_property("LOADED_FROM_CACHE"):
+            # Compiled from the IR, the model keeps the transformed graph's weights beside its own (3 GiB
+            # more on SDXL's UNet); imported from the blob it has just written, it holds its own only.
+            self.compiled = None
+            gc.collect()
+            mapped_weights.trim_heap()
+            self.compiled = core.compile_model(str(xml_path), "CPU", config)
         self.compile_s = time.perf_counter() - began
         # The compiled model holds its own copy of the weights: the IR's and the blob's mapped pages go back
         # to the kernel (read again from the file if OpenVINO ever needs them).
