@@ -233,6 +233,11 @@ def run_batch(args) -> int:
     return 0 if failed == 0 and missing == 0 else 1
 
 
+def worker_ceiling(args) -> int | None:
+    """--workers N, or None for auto (as many as the cluster fits)."""
+    return None if args.workers in (None, "auto") else args.workers
+
+
 def check_worker_flags(args) -> None:
     """Refuse worker flags that do not go together (sweep.SpecError), before the out folder is claimed."""
     if args.ray is None:
@@ -240,7 +245,7 @@ def check_worker_flags(args) -> None:
             raise sweep.SpecError("--workers, --min-workers and --worker-timeout need --ray (without it, one ComfyUI "
                                   "renders the items in order)")
         return
-    ceiling = None if args.workers in (None, "auto") else args.workers
+    ceiling = worker_ceiling(args)
     if args.min_workers is not None and ceiling is not None and args.min_workers > ceiling:
         raise sweep.SpecError(f"--min-workers {args.min_workers} is more than --workers {ceiling}: lower it or raise "
                               "--workers")
@@ -255,7 +260,6 @@ def make_workers(args, key: str):
         return LocalWorkers(args.server, args.comfyui, comfyui_args, args.cpus_per_worker)
     from .ray_batch import RayWorkers
 
-    ceiling = None if args.workers in (None, "auto") else args.workers
-    return RayWorkers(None if args.ray == "local" else args.ray, key, ceiling,
+    return RayWorkers(None if args.ray == "local" else args.ray, key, worker_ceiling(args),
                       args.cpus_per_worker or 1, args.gpus_per_worker, str(args.comfyui) if args.comfyui else None,
                       comfyui_args, worker_timeout=args.worker_timeout, note=say, min_workers=args.min_workers or 1)

@@ -131,16 +131,12 @@ def batch_command(args) -> int:
 
 def worker_count(text: str):
     """--workers: 'auto' or a whole number >= 1."""
-    if text == "auto":
-        return text
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of workers (1 or more) or auto")
-    return int(text)
+    return text if text == "auto" else positive_int(text, "a whole number of workers (1 or more) or auto")
 
 
-def positive_int(text: str) -> int:
+def positive_int(text: str, what: str = "a whole number (1 or more)") -> int:
     if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number (1 or more)")
+        raise argparse.ArgumentTypeError(f"{text!r}: give {what}")
     return int(text)
 
 
