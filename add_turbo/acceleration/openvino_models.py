@@ -34,6 +34,7 @@ import torch
 
 from .. import mapped_weights
 from .call_key import call_key
+from .openvino_graph import fold_weight_slices
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ def convert(module: torch.nn.Module, example_inputs: tuple, xml_path: Path, weig
     with torch.inference_mode(False), torch.no_grad():  # the converter traces with autograd's machinery
         model = ov.convert_model(module, example_input=tuple(t.clone() for t in example_inputs))
     model.reshape({port: list(t.shape) for port, t in zip(model.inputs, example_inputs, strict=True)})  # static
+    fold_weight_slices(model)  # sliced weights as weights of their own: int8 compresses them too
     if weights == "int8":
         model = compress_int8(model)
     xml_path.parent.mkdir(parents=True, exist_ok=True)

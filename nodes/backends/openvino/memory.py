@@ -4,8 +4,9 @@ server to the kernel's OOM killer.
 
 What a load holds at its peak, beyond the idle host:
 - the compiled models' weights (the UNet's and the text encoders'), in the bytes a weight takes in the
-  compiled model: 4 in f32, 2 in bf16. With int8 weights (openvino_int8) SD-Turbo's compiled model
-  measured as large as f32's on an AVX2 CPU (SDXL-Turbo's a quarter smaller): counted as f32's;
+  compiled model: 4 in f32, 2 in bf16. With int8 weights (openvino_int8) they are counted as f32's,
+  an upper bound: since GEGLU's sliced weights are compressed too (openvino_graph.py) SDXL-Turbo's int8
+  first start peaks at 12.8 GiB and renders in 6.7, but SD-Turbo's was not measured again;
 - while the UNet compiles, its IR being read: the file's bytes a weight (the IR keeps the checkpoint's
   dtype), about 1 with int8 weights; handed back after the compile (openvino_models.StaticModel);
 - a first start adds a share of the UNet's file bytes for the conversion itself; the torch modules are

@@ -38,8 +38,8 @@ HOST_SYMBOLS = [
     ("comfy.ldm.modules.attention", "GEGLU.forward", ("x",)),
 ]
 PART = "the UNet"
-GRAPH_REVISION = 3  # in the IR cache key: bump when the converted graph changes (2: lighter layers, 3: the
-# file's own weight dtype, cast in the graph)
+GRAPH_REVISION = 4  # in the IR cache key: bump when the converted graph changes (2: lighter layers, 3: the
+# file's own weight dtype, cast in the graph, 4: sliced weights folded)
 WEIGHT_PATCHES = ("weight_function", "bias_function")  # a host layer's per-call weight patches
 PATCH_KEYS = ("patches", "patches_replace", "block_modifiers")  # transformer options that change the UNet's math
 
