@@ -1,6 +1,8 @@
 """A weight sliced in the forward (GEGLU's two products) reaches the IR as a weight of its own: int8
 compresses it, and the model computes what torch computes."""
 
+import math
+
 import pytest
 import torch
 
@@ -27,10 +29,7 @@ def _weights_by_dtype(xml):
     counts = {}
     for op in ov.Core().read_model(str(xml)).get_ordered_ops():
         if op.get_type_name() == "Constant" and op.get_output_partial_shape(0).is_static:
-            size = 1
-            for n in op.get_output_shape(0):
-                size *= n
-            if size > 256:
+            if (size := math.prod(op.get_output_shape(0))) > 256:
                 kind = op.get_output_element_type(0).get_type_name()
                 counts[kind] = counts.get(kind, 0) + size
     return counts
